@@ -223,9 +223,9 @@ def _bundle_export(args: argparse.Namespace) -> int:
     run = _existing_dir(args.run, "--run")
     data = _existing_dir(args.data, "--data")
     out = _output_dir(args.out, "--out")
-    from training.codec_recipe import export_bundle
+    from training.trainer import export_run
 
-    path = export_bundle(run, data, out)
+    path = export_run(run, out, data_dir=data)
     print(f"bundle written to {path or out}")
     return 0
 

@@ -1,0 +1,256 @@
+"""Model bundles: a folder with `model.json` and one `<name>.safetensors` per tensor group.
+
+`model.json` holds `format_version`, `kind`, `config`, `files` (name -> sha256 of the file),
+`components` (name -> {"sha256": bundle hash, "path": where it was}) and a training `card`.
+Shared components (codec, text encoder, embedders) are referenced by hash, never copied. Every
+checksum is verified on load and nothing is ever unpickled: safetensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from pipelines.errors import BadInput
+
+FORMAT_VERSION = 1
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bundle_hash(path: Path | str) -> str:
+    """The sha256 of a bundle's model.json, which lists every file's sha256 and so covers the whole bundle."""
+    model_json = Path(path) / "model.json"
+    if not model_json.is_file():
+        raise BadInput(
+            f"No model bundle at {path} (model.json is missing); pass the folder of an exported bundle."
+        )
+    return sha256_file(model_json)
+
+
+def write_bytes_synced(path: Path, data: bytes) -> None:
+    """Write and fsync, so a rename that follows publishes complete data."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse to fsync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    tensor = tensor.detach().cpu()
+    if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+        cast = tensor.to(dtype)
+        # A value outside the smaller type's range would turn into inf: keep that tensor as it was.
+        if torch.isfinite(cast).all() or not torch.isfinite(tensor).all():
+            tensor = cast
+    return tensor.contiguous().clone()  # clone: safetensors refuses tensors that share storage
+
+
+def save_bundle(
+    out_dir: Path | str,
+    config: dict,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    components: dict[str, Path] | None = None,
+    dtype: torch.dtype | None = torch.float16,
+    *,
+    kind: str = "model",
+    card: dict | None = None,
+) -> Path:
+    """Write a bundle atomically (temp folder, then rename); floating tensors are stored as `dtype`."""
+    out_dir = Path(out_dir).resolve()
+    for name in list(tensors) + list(components or {}):
+        assert _NAME.match(name), f"bad bundle entry name {name!r}"
+    meta: dict = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "config": config,
+        "files": {},
+        "components": {},
+        "card": card or {},
+    }
+    for name, path in (components or {}).items():
+        path = Path(path).resolve()
+        meta["components"][name] = {"sha256": bundle_hash(path), "path": os.path.relpath(path, out_dir)}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, group in tensors.items():
+            data = save_safetensors_bytes(
+                {k: _cast(t, dtype) for k, t in group.items()}, metadata={"format": "pt"}
+            )
+            write_bytes_synced(tmp / f"{name}.safetensors", data)
+            meta["files"][name] = sha256_bytes(data)
+        write_bytes_synced(tmp / "model.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        fsync_dir(tmp)
+        old = None
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+        fsync_dir(out_dir.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+@dataclass
+class Bundle:
+    """A verified bundle on disk: its folder, its model.json, and lazy access to tensors and components."""
+
+    path: Path
+    meta: dict
+    _components: dict[str, Bundle] = field(default_factory=dict, repr=False)
+
+    @property
+    def config(self) -> dict:
+        return self.meta.get("config", {})
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "")
+
+    @property
+    def card(self) -> dict:
+        return self.meta.get("card", {})
+
+    @property
+    def files(self) -> list[str]:
+        return sorted(self.meta["files"])
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """The tensors of `<name>.safetensors`, floating ones as float32, checksum verified again."""
+        if name not in self.meta["files"]:
+            raise BadInput(
+                f"The bundle {self.path} has no tensor file '{name}' (it has: {', '.join(self.files)})."
+            )
+        data = _read_verified(self.path, name, self.meta["files"][name])
+        return {
+            k: (t.float() if t.is_floating_point() else t) for k, t in load_safetensors_bytes(data).items()
+        }
+
+    def load_into(self, name: str, module: torch.nn.Module) -> None:
+        """Load `<name>.safetensors` into `module`: the same keys and shapes are required (BadInput if not)."""
+        tensors = self.tensors(name)
+        own = module.state_dict()
+        missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+        if missing or extra:
+            raise BadInput(
+                f"The bundle {self.path} '{name}' does not fit the model (missing {missing[:3]}, unexpected "
+                f"{extra[:3]}); pass a bundle made with the same model config."
+            )
+        for key, t in tensors.items():
+            if t.shape != own[key].shape:
+                raise BadInput(
+                    f"The bundle {self.path} '{name}' has {key} shaped {tuple(t.shape)} but the model needs "
+                    f"{tuple(own[key].shape)}; pass a bundle made with the same model config."
+                )
+        module.load_state_dict({k: t.to(own[k].dtype) for k, t in tensors.items()}, strict=True)
+
+    def component(self, name: str) -> Bundle:
+        """The shared component bundle referenced by `name`, found by its sha256."""
+        if name not in self._components:
+            ref = self.meta.get("components", {}).get(name)
+            if ref is None:
+                raise BadInput(
+                    f"The bundle {self.path} has no component '{name}'; re-export it with that component."
+                )
+            self._components[name] = load_bundle(_resolve_component(self.path, name, ref))
+        return self._components[name]
+
+
+def _read_verified(folder: Path, name: str, sha: str) -> bytes:
+    path = folder / f"{name}.safetensors"
+    if not path.is_file():
+        raise BadInput(
+            f"The bundle {folder} is missing {path.name}; copy the whole bundle folder again or re-export it."
+        )
+    data = path.read_bytes()
+    if sha256_bytes(data) != sha:
+        raise BadInput(
+            f"The checksum of {path} does not match model.json, so the file is damaged or was changed; "
+            "copy the bundle again or re-export it."
+        )
+    return data
+
+
+def _resolve_component(folder: Path, name: str, ref: dict) -> Path:
+    """Next to the bundle first (its stored relative path), then in assets/ by path, name or hash."""
+    want, rel = ref["sha256"], Path(ref.get("path", name))
+    candidates = [folder / rel, ASSETS_DIR / rel, ASSETS_DIR / rel.name, ASSETS_DIR / name]
+    if ASSETS_DIR.is_dir():
+        candidates += sorted(p.parent for p in ASSETS_DIR.glob("*/model.json"))
+    for candidate in candidates:
+        if (candidate / "model.json").is_file() and bundle_hash(candidate) == want:
+            return candidate.resolve()
+    raise BadInput(
+        f"The bundle {folder} needs component '{name}' (sha256 {want[:12]}) but no folder with that hash was "
+        f"found at {rel} or in {ASSETS_DIR}; put that component bundle back or re-export the bundle."
+    )
+
+
+def load_bundle(path: Path | str) -> Bundle:
+    """Open a bundle folder, verifying model.json and the sha256 of every tensor file."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise BadInput(f"No model bundle folder at {folder}; pass the folder of an exported bundle.")
+    model_json = folder / "model.json"
+    if not model_json.is_file():
+        raise BadInput(
+            f"The folder {folder} is not a model bundle (model.json is missing); pass an exported bundle."
+        )
+    try:
+        meta = json.loads(model_json.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadInput(f"{model_json} is not valid JSON; copy the bundle again or re-export it.") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        raise BadInput(f"{model_json} does not describe a bundle (no 'files' table); re-export the bundle.")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BadInput(
+            f"The bundle {folder} has format version {version!r} but this soundloom reads version "
+            f"{FORMAT_VERSION}; re-export it with this version."
+        )
+    for name, sha in meta["files"].items():
+        _read_verified(folder, name, sha)
+    return Bundle(path=folder.resolve(), meta=meta)

@@ -1,0 +1,198 @@
+"""Training checkpoints: atomic folders of safetensors with sha256 checksums, never pickles.
+
+A checkpoint is `checkpoints/step_XXXXXXXX/` holding `modules.safetensors`, `ema.safetensors`,
+`optimizer.safetensors` and `state.json` (step, rng, config, extra, and the sha256 of each file).
+It is written into a hidden temp folder and renamed into place, so a reader sees a whole checkpoint
+or none. The optimizer's state dict is flattened: its tensors go to safetensors as
+`<param index>.<key>`, everything else (param groups, non-tensor state) to JSON in state.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from pipelines.bundle import fsync_dir, sha256_bytes, write_bytes_synced
+
+STEP_DIR = re.compile(r"^step_(\d{8,})$")
+FILES = ("modules", "ema", "optimizer")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def flatten_modules(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """One flat `<module>.<key>` tensor dict from several modules' state dicts."""
+    return {f"{name}.{key}": t for name, m in modules.items() for key, t in m.state_dict().items()}
+
+
+def split_modules(flat: dict[str, torch.Tensor], names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in names}
+    for key, t in flat.items():
+        name, _, rest = key.partition(".")
+        assert name in out, f"checkpoint tensor {key} belongs to no module"
+        out[name][rest] = t
+    return out
+
+
+def flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (for safetensors) and a JSON-able rest."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for index, entry in state_dict["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, t in tensors.items():
+        index, _, name = key.partition(".")
+        state.setdefault(int(index), {})[name] = t
+    for index, entry in rest["scalars"].items():
+        state.setdefault(int(index), {}).update(entry)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in rest["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    # clone: safetensors refuses tensors that share storage (tied weights)
+    return save_safetensors_bytes({k: t.detach().cpu().contiguous().clone() for k, t in tensors.items()})
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    modules: dict[str, torch.nn.Module],
+    ema: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+) -> Path:
+    """Write `root/step_XXXXXXXX` atomically; `state` (JSON-able: rng, config, ...) goes into state.json."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        opt_tensors, opt_rest = flatten_optimizer(optimizer.state_dict())
+        payloads = {
+            "modules": _tensor_bytes(flatten_modules(modules)),
+            "ema": _tensor_bytes(flatten_modules(ema)),
+            "optimizer": _tensor_bytes(opt_tensors),
+        }
+        sha = {}
+        for name, data in payloads.items():
+            write_bytes_synced(tmp / f"{name}.safetensors", data)
+            sha[name] = sha256_bytes(data)
+        meta = {**state, "step": step, "module_names": list(modules), "optimizer": opt_rest, "sha256": sha}
+        write_bytes_synced(tmp / "state.json", (json.dumps(meta, indent=1) + "\n").encode())
+        fsync_dir(tmp)
+        old = None
+        if final.exists():  # the same step saved again (e.g. a stop right after a periodic save)
+            old = root / f".old-{final.name}-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+        os.rename(tmp, final)
+        fsync_dir(root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Checkpoint folders under `root`, oldest first (whether or not they verify)."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """state.json and the verified tensors of each file; ValueError with a reason when anything is off."""
+    try:
+        meta = json.loads((path / "state.json").read_text())
+    except FileNotFoundError:
+        raise ValueError("state.json is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError("state.json is truncated or not JSON") from None
+    tensors = {}
+    for name in FILES:
+        file = path / f"{name}.safetensors"
+        if not file.is_file():
+            raise ValueError(f"{file.name} is missing")
+        data = file.read_bytes()
+        if sha256_bytes(data) != meta.get("sha256", {}).get(name):
+            raise ValueError(f"{file.name} does not match its checksum")
+        tensors[name] = load_safetensors_bytes(data)
+    return meta, tensors
+
+
+def latest_good_checkpoint(root: Path) -> tuple[Path, dict, dict[str, dict[str, torch.Tensor]]] | None:
+    """The newest checkpoint that verifies, warning in one sentence about each newer one that does not."""
+    for step, path in reversed(list_checkpoints(root)):
+        try:
+            meta, tensors = read_checkpoint(path)
+        except ValueError as reason:
+            warnings.warn(
+                f"Checkpoint {path.name} is damaged ({reason}), so the previous good one is used instead.",
+                stacklevel=2,
+            )
+            continue
+        assert meta["step"] == step, f"{path} holds step {meta['step']}"
+        return path, meta, tensors
+    return None
+
+
+def restore_checkpoint(
+    meta: dict,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    modules: dict[str, torch.nn.Module],
+    ema: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Load a verified checkpoint into live modules, EMA copies and optimizer (strict).
+
+    Raises ValueError or RuntimeError when the checkpoint does not fit the recipe's modules.
+    """
+    names = meta["module_names"]
+    if sorted(names) != sorted(modules):
+        raise ValueError(f"it holds modules {names} but the recipe has {list(modules)}")
+    for target, flat in ((modules, tensors["modules"]), (ema, tensors["ema"])):
+        for name, sd in split_modules(flat, names).items():
+            target[name].load_state_dict(sd, strict=True)
+    optimizer.load_state_dict(unflatten_optimizer(tensors["optimizer"], meta["optimizer"]))
+
+
+def set_aside_newer(root: Path, step: int) -> None:
+    """Rename checkpoints newer than `step` (damaged ones) so the resumed run can write those steps again."""
+    for s, path in list_checkpoints(root):
+        if s > step:
+            target = path.with_name(path.name + ".damaged")
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(path, target)
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints, and temp folders left by killed runs."""
+    for _, path in list_checkpoints(root)[: -max(keep, 1)]:
+        shutil.rmtree(path, ignore_errors=True)
+    for path in root.glob(".tmp-step_*"):
+        if not path.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,760 @@
+"""The one training loop for every recipe: AdamW, warmup + cosine lr, EMA, clipping, checkpoints, control.
+
+A run folder holds `config.json`, `metrics.jsonl` (one JSON record per logged step), `status.json`
+(state running/paused/stopped/done/failed, step, eta), `control.json` (`{"command": "pause" |
+"resume" | "stop"}`, written by the studio or CLI and polled every step), `checkpoints/step_XXXXXXXX/`
+(see training/checkpoint.py) and `previews/step_XXXXXXXX/`.
+
+Randomness is a pure function of the step: the examples of step s are `batch_indices(seed, s, rank,
+world_size, ...)` and the torch/numpy/random generators are reseeded with `step_seed(seed, s, rank)`
+before every `loss()`, so a resumed run (or another process layout) sees exactly the same data and
+noise. Files are written by rank 0 only, so several processes can share a run folder later.
+
+    python -m training.trainer --recipe toy --data DIR --out RUN [--steps N] [--config FILE]
+        [--init BUNDLE] [--resume] [--set lr=1e-3 --set recipe.dim=16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import inspect
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipelines.bundle import Bundle, load_bundle
+from pipelines.errors import BadInput
+from training.checkpoint import (
+    latest_good_checkpoint,
+    list_checkpoints,
+    prune_checkpoints,
+    restore_checkpoint,
+    save_checkpoint,
+    set_aside_newer,
+    split_modules,
+)
+from training.recipes import RECIPES, Recipe
+
+__all__ = [
+    "TrainConfig",
+    "Recipe",
+    "train",
+    "export_run",
+    "load_run_for_export",
+    "RunSnapshot",
+    "lr_at",
+    "step_seed",
+    "sample_seed",
+    "batch_indices",
+]
+
+RUN_RECORD_KEYS = ("recipe_name", "data_dir")  # written into a run's config.json beside the settings
+
+
+# ---------------------------------------------------------------- config
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8  # per process
+    lr: float = 3e-4
+    weight_decay: float = 0.01  # on matrices only; biases and norms get none
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # "cosine" (down to min_lr_ratio * lr at the last step) or "constant"
+    min_lr_ratio: float = 0.1
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0  # 0 disables clipping; the norm is logged either way
+    ckpt_every: int = 500
+    log_every: int = 10
+    preview_every: int = 0  # 0: never
+    seed: int = 0
+    keep_checkpoints: int = 3
+    threads: int | None = None  # torch.set_num_threads when set
+    autocast_bf16: bool = False
+    recipe: dict = field(default_factory=dict)  # handed to the recipe's factory
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "the training config") -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - set(RUN_RECORD_KEYS))
+        if unknown:
+            raise BadInput(
+                f"Unknown setting '{unknown[0]}' in {source}; known settings: {', '.join(sorted(known))}."
+            )
+        config = cls(**{k: v for k, v in data.items() if k in known})
+        config.betas = tuple(float(b) for b in config.betas)
+        checks = [
+            (config.steps >= 0, "steps must be 0 or more"),
+            (config.batch_size >= 1, "batch_size must be at least 1"),
+            (config.lr > 0, "lr must be positive"),
+            (len(config.betas) == 2, "betas must be two numbers"),
+            (config.warmup_steps >= 0, "warmup_steps must be 0 or more"),
+            (config.lr_schedule in ("cosine", "constant"), "lr_schedule must be 'cosine' or 'constant'"),
+            (0.0 <= config.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
+            (config.ckpt_every >= 1, "ckpt_every must be at least 1"),
+            (config.log_every >= 1, "log_every must be at least 1"),
+            (config.preview_every >= 0, "preview_every must be 0 or more"),
+            (config.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
+            (config.threads is None or config.threads >= 1, "threads must be at least 1"),
+            (isinstance(config.recipe, dict), "recipe must be a JSON object"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BadInput(f"In {source}, {message}.")
+        return config
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_json_file(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise BadInput(f"The {what} {path} does not exist; check the path.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadInput(f"The {what} {path} is not valid JSON; fix it or write it again.") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"The {what} {path} must hold a JSON object of settings.")
+    return data
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`["lr=1e-3", "recipe.dim=16"]` -> `{"lr": 0.001, "recipe": {"dim": 16}}` (values parsed as JSON when they can be)."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"The override '{pair}' is not KEY=VALUE; write it like lr=1e-3 or recipe.dim=16.")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        head, _, sub = key.partition(".")
+        if sub:
+            out.setdefault(head, {})[sub] = value
+        else:
+            out[head] = value
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = {**base, **extra}
+    if isinstance(base.get("recipe"), dict) and isinstance(extra.get("recipe"), dict):
+        merged["recipe"] = {**base["recipe"], **extra["recipe"]}
+    return merged
+
+
+# ---------------------------------------------------------------- schedules and randomness
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate of (0-based) `step`: linear warmup, then cosine to min_lr_ratio * lr, or constant."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.lr
+    span = max(config.steps - config.warmup_steps - 1, 1)
+    progress = min((step - config.warmup_steps) / span, 1.0)
+    low = config.lr * config.min_lr_ratio
+    return low + (config.lr - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _mix(*parts: int | str) -> int:
+    """A 63-bit seed from any tuple of ints and tags; stable across processes and Python versions."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the global generators for one process at one step."""
+    return _mix("step", seed, step, rank)
+
+
+def sample_seed(seed: int, step: int, index: int) -> int:
+    """A seed for one example at one step, equal in every process layout (for per-sample noise)."""
+    return _mix("sample", seed, step, index)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, size: int) -> tuple[int, ...]:
+    g = torch.Generator().manual_seed(_mix("epoch", seed, epoch))
+    return tuple(torch.randperm(size, generator=g).tolist())
+
+
+def batch_indices(seed: int, step: int, rank: int, world_size: int, batch_size: int, size: int) -> list[int]:
+    """Example indices of one process at one step: every example once per epoch, in a seeded order."""
+    first = (step * world_size + rank) * batch_size
+    return [_epoch_order(seed, p // size, size)[p % size] for p in range(first, first + batch_size)]
+
+
+# ---------------------------------------------------------------- optimizer and EMA
+
+
+def make_optimizer(modules: dict[str, torch.nn.Module], config: TrainConfig) -> torch.optim.AdamW:
+    seen: set[int] = set()
+    decay, no_decay = [], []
+    for module in modules.values():
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    assert groups, "the recipe has no trainable parameters"
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay warmed up over the first steps, so early EMA weights are not stuck at the init."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: dict[str, torch.nn.Module], modules: dict[str, torch.nn.Module], decay: float) -> None:
+    for name, module in modules.items():
+        for pe, p in zip(ema[name].parameters(), module.parameters(), strict=True):
+            pe.lerp_(p.detach(), 1.0 - decay)
+        for be, b in zip(ema[name].buffers(), module.buffers(), strict=True):
+            be.copy_(b)
+
+
+def ema_copies(modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    return {name: copy.deepcopy(m).requires_grad_(False).eval() for name, m in modules.items()}
+
+
+# ---------------------------------------------------------------- run folder I/O
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    """The run folder's files; every write is skipped unless `writer` (rank 0)."""
+
+    def __init__(self, path: Path, writer: bool):
+        self.path, self.writer = path, writer
+        self.checkpoints = path / "checkpoints"
+        self.metrics_path = path / "metrics.jsonl"
+        self.control_path = path / "control.json"
+        self._control_key: tuple | None = None
+        self._command: str | None = None
+        self._metrics = None
+        if writer:
+            path.mkdir(parents=True, exist_ok=True)
+
+    def write_json(self, name: str, data: dict) -> None:
+        if self.writer:
+            write_json_atomic(self.path / name, data)
+
+    def clear_control(self) -> None:
+        """Forget commands meant for an earlier process (a stale "stop" would end this run at once)."""
+        if self.writer:
+            self.control_path.unlink(missing_ok=True)
+
+    def command(self) -> str | None:
+        """The control file's command; re-read only when the file changed."""
+        try:
+            st = self.control_path.stat()
+        except FileNotFoundError:
+            self._control_key, self._command = None, None
+            return None
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if key != self._control_key:
+            try:
+                command = json.loads(self.control_path.read_text()).get("command")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
+                return self._command  # caught mid-write; keep the previous command and look again next step
+            self._control_key = key
+            self._command = command if command in ("pause", "resume", "stop") else None
+        return self._command
+
+    def keep_metrics_until(self, step: int) -> None:
+        """Drop records past `step` (and a line cut short by a kill) before a resumed run logs them again."""
+        if not self.writer or not self.metrics_path.exists():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
+        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.metrics_path)
+
+    def log(self, record: dict) -> None:
+        if not self.writer:
+            return
+        if self._metrics is None:
+            self._metrics = open(self.metrics_path, "a")  # noqa: SIM115 - held open for the whole run
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+
+class StopSignals:
+    """SIGTERM/SIGINT ask the loop to stop and save; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def resolve_config(
+    run_dir: Path, config_path: Path | None, resume: bool, overrides: dict | None, steps: int | None
+) -> TrainConfig:
+    """Defaults < the run's config.json (when resuming) < --config FILE < overrides < steps."""
+    data: dict = {}
+    if resume and (run_dir / "config.json").is_file():
+        data = read_json_file(run_dir / "config.json", "run config")
+    if config_path is not None:
+        data = _merge(data, read_json_file(config_path, "training config"))
+    data = _merge(data, overrides or {})
+    if steps is not None:
+        data["steps"] = steps
+    return TrainConfig.from_dict(data, str(config_path) if config_path else "the training config")
+
+
+def build_recipe(recipe_name: str, config: TrainConfig, data_dir: Path) -> Recipe:
+    if recipe_name not in RECIPES:
+        raise BadInput(f"There is no recipe '{recipe_name}'; choose one of: {', '.join(sorted(RECIPES))}.")
+    seed_everything(_mix("init", config.seed))  # module initialisation is a function of the seed
+    return RECIPES[recipe_name]({"seed": config.seed, **config.recipe}, Path(data_dir))
+
+
+def init_from_bundle(bundle_path: Path, recipe: Recipe, modules: dict[str, torch.nn.Module]) -> None:
+    """Load a bundle's tensors into the recipe's modules: by module name, or the recipe's own mapping."""
+    bundle: Bundle = load_bundle(bundle_path)
+    if hasattr(recipe, "init_from_bundle"):
+        recipe.init_from_bundle(bundle, modules)
+        return
+    names = [name for name in modules if name in bundle.meta["files"]]
+    if not names:
+        raise BadInput(
+            f"The bundle {bundle_path} holds none of this recipe's modules ({', '.join(modules)}); "
+            "pass a bundle exported by the same recipe."
+        )
+    for name in names:
+        bundle.load_into(name, modules[name])
+
+
+def train(
+    recipe_name: str,
+    data_dir: Path | str,
+    run_dir: Path | str,
+    *,
+    steps: int | None = None,
+    config_path: Path | str | None = None,
+    init_bundle: Path | str | None = None,
+    resume: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    overrides: dict | None = None,
+    progress: bool = True,
+    on_metrics: Callable[[dict], None] | None = None,
+) -> Path:
+    """Train `recipe_name` into `run_dir` and return the final checkpoint folder.
+
+    Ends with status "done" after `steps`, or "stopped" (after saving) on a control-file stop or
+    SIGTERM/SIGINT. `on_metrics` receives every metrics record in-process (rank 0).
+    """
+    assert 0 <= rank < world_size
+    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    config = resolve_config(run_dir, Path(config_path) if config_path else None, resume, overrides, steps)
+    run = RunFolder(run_dir, writer=rank == 0)
+    if resume and (run_dir / "config.json").is_file():
+        saved = read_json_file(run_dir / "config.json", "run config").get("recipe_name", recipe_name)
+        if saved != recipe_name:
+            raise BadInput(
+                f"The run {run_dir} was trained with the {saved} recipe; resume it with --recipe {saved}."
+            )
+    if not resume and list_checkpoints(run.checkpoints):
+        raise BadInput(
+            f"The run folder {run_dir} already holds checkpoints; pass --resume to continue it or choose a new folder."
+        )
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    recipe = build_recipe(recipe_name, config, data_dir)
+    modules = recipe.modules()
+    size = recipe.dataset_size()
+    if size < 1:
+        raise BadInput(
+            f"The {recipe_name} recipe found no training examples in {data_dir}; check the data folder."
+        )
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    device_type = params[0].device.type if params else "cpu"
+
+    start, elapsed_before, last_saved = 0, 0.0, None
+    found = latest_good_checkpoint(run.checkpoints) if resume else None
+    if resume and found is None:
+        if list_checkpoints(run.checkpoints):
+            warnings.warn(
+                f"No checkpoint in {run.checkpoints} could be read, so training starts from step 0.",
+                stacklevel=2,
+            )
+        if run.writer:
+            set_aside_newer(run.checkpoints, -1)
+    if found is None and init_bundle is not None:
+        init_from_bundle(Path(init_bundle), recipe, modules)
+    ema = ema_copies(modules)
+    optimizer = make_optimizer(modules, config)
+    if found is not None:
+        path, meta, tensors = found
+        try:
+            restore_checkpoint(meta, tensors, modules, ema, optimizer)
+        except (ValueError, RuntimeError) as e:
+            raise BadInput(
+                f"The checkpoint {path} does not fit the {recipe_name} recipe as configured now ({str(e).splitlines()[0]}); "
+                "resume with the run's own config or start a new run."
+            ) from None
+        start, elapsed_before, last_saved = meta["step"], float(meta.get("elapsed_s", 0.0)), path
+        if run.writer:
+            set_aside_newer(run.checkpoints, start)
+    run.keep_metrics_until(start)
+    run.clear_control()
+    run.write_json(
+        "config.json", {"recipe_name": recipe_name, "data_dir": str(data_dir.resolve()), **config.to_dict()}
+    )
+
+    t0, paused_s, last_status = time.monotonic(), 0.0, 0.0
+    step, loss_value = start, float("nan")
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - t0 - paused_s
+
+    def eta() -> float | None:
+        done_here = step - start
+        if done_here == 0:
+            return None
+        return (config.steps - step) * (time.monotonic() - t0 - paused_s) / done_here
+
+    def status(state: str, message: str = "") -> None:
+        nonlocal last_status
+        last_status = time.monotonic()
+        run.write_json(
+            "status.json",
+            {
+                "state": state,
+                "step": step,
+                "steps": config.steps,
+                "eta_s": eta(),
+                "elapsed_s": round(elapsed(), 3),
+                "loss": loss_value if math.isfinite(loss_value) else None,
+                "checkpoint": str(last_saved) if last_saved else None,
+                "recipe": recipe_name,
+                "pid": os.getpid(),
+                "time": time.time(),
+                "message": message,
+            },
+        )
+
+    def save() -> Path:
+        nonlocal last_saved
+        path = run.checkpoints / f"step_{step:08d}"
+        if last_saved is not None and last_saved.name == path.name:
+            return last_saved
+        if run.writer:
+            extra = {
+                "recipe_name": recipe_name,
+                "config": config.to_dict(),
+                "elapsed_s": elapsed(),
+                # every step reseeds torch/numpy/random from step_seed(seed, step, rank): no generator state to keep
+                "rng": {
+                    "seed": config.seed,
+                    "rank": rank,
+                    "next_step_seed": step_seed(config.seed, step, rank),
+                },
+            }
+            path = save_checkpoint(run.checkpoints, step, modules, ema, optimizer, extra)
+            prune_checkpoints(run.checkpoints, config.keep_checkpoints)
+        last_saved = path
+        return path
+
+    def wait_while_paused(signals: StopSignals) -> str:
+        """Sleep until the control file says resume or stop (or a signal arrives); returns which."""
+        nonlocal paused_s
+        save()  # a paused run can be closed without losing work
+        status("paused")
+        began = time.monotonic()
+        bar.set_description("paused")
+        try:
+            while True:
+                time.sleep(0.05)
+                command = run.command()
+                if signals.requested or command == "stop":
+                    return "stop"
+                if command != "pause":
+                    return "resume"
+        finally:
+            paused_s += time.monotonic() - began
+            bar.set_description(recipe_name)
+
+    show_bar = progress and run.writer and sys.stderr.isatty()
+    bar = tqdm(total=config.steps, initial=start, desc=recipe_name, disable=not show_bar, file=sys.stderr)
+    state = "running"
+    status(state)
+    try:
+        with StopSignals() as signals:
+            while step < config.steps:
+                command = run.command()
+                if command == "pause" and not signals.requested:
+                    command = wait_while_paused(signals)
+                    status("running")
+                if command == "stop" or signals.requested:
+                    state = "stopped"
+                    break
+
+                lr = lr_at(step, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                indices = batch_indices(config.seed, step, rank, world_size, config.batch_size, size)
+                seed_everything(step_seed(config.seed, step, rank))
+                for m in modules.values():
+                    m.train()
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
+                    loss, info = recipe.loss(step, indices, modules)
+                loss_value = float(loss.detach().float())
+                if not math.isfinite(loss_value):
+                    raise BadInput(
+                        f"The loss became {loss_value} at step {step}; lower the learning rate or resume from an earlier checkpoint."
+                    )
+                loss.backward()
+                clip = config.grad_clip if config.grad_clip > 0 else float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                update_ema(ema, modules, ema_decay_at(step, config.ema_decay))
+                step += 1
+                bar.update(1)
+
+                if step % config.log_every == 0 or step == config.steps:
+                    record = {
+                        "step": step,
+                        "time": time.time(),
+                        "elapsed_s": round(elapsed(), 4),
+                        "loss": loss_value,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        **{k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in info.items()},
+                    }
+                    run.log(record)
+                    bar.set_postfix(loss=f"{loss_value:.4g}")
+                    if on_metrics is not None and run.writer:
+                        on_metrics(record)
+                if step % config.ckpt_every == 0 and step < config.steps:
+                    save()
+                    status(state)
+                if (
+                    config.preview_every
+                    and step % config.preview_every == 0
+                    and run.writer
+                    and hasattr(recipe, "preview")
+                ):
+                    out = run.path / "previews" / f"step_{step:08d}"
+                    out.mkdir(parents=True, exist_ok=True)
+                    seed_everything(_mix("preview", config.seed, step))
+                    with torch.no_grad():
+                        recipe.preview(step, ema, out)
+                if time.monotonic() - last_status > 1.0:
+                    status(state)
+            final = save()
+            if state != "stopped":
+                state = "done"
+            status(state)
+    except BaseException as e:
+        status("failed", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise
+    finally:
+        bar.close()
+        run.close()
+    if progress and run.writer:
+        print(
+            f"{recipe_name}: {state} at step {step}/{config.steps}, loss {loss_value:.4g}, "
+            f"{elapsed():.1f} s; checkpoint {final}",
+            file=sys.stderr,
+        )
+    return final
+
+
+# ---------------------------------------------------------------- export
+
+
+def training_card(run_dir: Path) -> dict:
+    """What a bundle's card says about its training: recipe, settings, steps, wall time, last metrics."""
+    record = read_json_file(run_dir / "config.json", "run config")
+    status = {}
+    if (run_dir / "status.json").is_file():
+        status = read_json_file(run_dir / "status.json", "run status")
+    last = None
+    if (run_dir / "metrics.jsonl").is_file():
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            try:
+                last = json.loads(line)
+            except json.JSONDecodeError:
+                pass
+    return {
+        "recipe": record.get("recipe_name"),
+        "data_dir": record.get("data_dir"),
+        "config": {k: v for k, v in record.items() if k not in RUN_RECORD_KEYS},
+        "steps": status.get("step"),
+        "wall_time_s": status.get("elapsed_s"),
+        "final_metrics": last,
+    }
+
+
+@dataclass
+class RunSnapshot:
+    """A run's newest good checkpoint, read for export: settings, weights and how far it got."""
+
+    path: Path  # the checkpoint folder
+    recipe_name: str
+    data_dir: Path  # where the run read its data
+    config: dict  # TrainConfig as a dict; config["recipe"] is the recipe's table
+    step: int
+    wall_time_s: float
+    modules: dict[str, dict[str, torch.Tensor]]  # live weights, by module name
+    ema: dict[str, dict[str, torch.Tensor]]  # EMA weights, by module name: what a bundle ships
+
+
+def load_run_for_export(run_dir: Path | str) -> RunSnapshot:
+    """Read the newest checkpoint of a run that verifies (warning about damaged newer ones)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise BadInput(
+            f"{run_dir} is not a training run folder (config.json is missing); pass the --out of a train run."
+        )
+    record = read_json_file(run_dir / "config.json", "run config")
+    found = latest_good_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        raise BadInput(
+            f"The run {run_dir} has no readable checkpoint to export; train it for some steps first."
+        )
+    path, meta, tensors = found
+    names = meta["module_names"]
+    return RunSnapshot(
+        path=path,
+        recipe_name=meta.get("recipe_name", record.get("recipe_name", "")),
+        data_dir=Path(record.get("data_dir", ".")),
+        config=meta["config"],
+        step=meta["step"],
+        wall_time_s=float(meta.get("elapsed_s", 0.0)),
+        modules=split_modules(tensors["modules"], names),
+        ema=split_modules(tensors["ema"], names),
+    )
+
+
+def export_run(run_dir: Path | str, out_dir: Path | str, *, data_dir: Path | str | None = None) -> Path:
+    """Write a bundle from the EMA weights of a run's newest good checkpoint through its recipe's export()."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run = load_run_for_export(run_dir)
+    config = TrainConfig.from_dict(run.config, str(run.path / "state.json"))
+    recipe = build_recipe(run.recipe_name, config, Path(data_dir) if data_dir else run.data_dir)
+    if not hasattr(recipe, "export"):
+        raise BadInput(f"The {run.recipe_name} recipe cannot export a bundle.")
+    ema = ema_copies(recipe.modules())
+    for name, state in run.ema.items():
+        ema[name].load_state_dict(state, strict=True)
+    card = {**training_card(run_dir), "steps": run.step, "wall_time_s": round(run.wall_time_s, 1)}
+    if "card" in inspect.signature(recipe.export).parameters:
+        recipe.export(ema, out_dir, card=card)
+    else:
+        recipe.export(ema, out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.trainer", description="Train a recipe into a run folder."
+    )
+    parser.add_argument("--recipe", required=True)
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--init", type=Path)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--world-size", type=int, default=1)
+    args = parser.parse_args(argv)
+    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
+    try:
+        train(
+            args.recipe,
+            args.data,
+            args.out,
+            steps=args.steps,
+            config_path=args.config,
+            init_bundle=args.init,
+            resume=args.resume,
+            rank=args.rank,
+            world_size=args.world_size,
+            overrides=parse_overrides(args.set),
+        )
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
