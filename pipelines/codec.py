@@ -1,0 +1,272 @@
+"""The codec: 44.1 kHz stereo <-> a compact latent the diffusion model works in.
+
+Encoder: log-magnitude STFT of mid and side (n_fft 2048, hop 512) -> ConvNeXt stack -> stride-2 conv
+-> `latent_dim` channels at 44100 / 1024 ~= 43.07 Hz (the generator patches by 2 -> ~21.5 tokens/s).
+Decoder (Vocos-style): latent -> ConvNeXt stack -> x2 upsample to the STFT frame rate -> ConvNeXt
+stack -> per bin log-magnitude and phase for mid and side -> inverse STFT. No transposed-conv
+waveform upsampling, so decoding is a few small matmuls per 11.6 ms frame plus one iSTFT: fast on CPU.
+
+Latents are returned normalised per channel by the corpus statistics stored in the bundle
+(`latent_mean`, `latent_std`), so the diffusion model sees std ~1 per channel.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipelines.audio import Audio
+
+
+@dataclass
+class CodecConfig:
+    sample_rate: int = 44100
+    n_fft: int = 2048
+    hop: int = 512  # STFT hop; the latent hop is 2 * hop
+    latent_dim: int = 32
+    enc_dim: int = 192
+    enc_blocks: int = 4  # at the STFT frame rate
+    dec_dim: int = 256
+    dec_blocks: int = 6  # at the STFT frame rate
+    latent_blocks: int = 2  # at the latent rate, in both encoder and decoder
+
+    @property
+    def latent_hop(self) -> int:
+        return 2 * self.hop
+
+    @property
+    def latent_rate(self) -> float:
+        return self.sample_rate / self.latent_hop
+
+    @property
+    def bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise conv -> LayerNorm -> pointwise MLP, residual with a learned layer scale."""
+
+    def __init__(self, dim: int, layer_scale: float):
+        super().__init__()
+        self.dwconv = nn.Conv1d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pw1 = nn.Linear(dim, 3 * dim)
+        self.pw2 = nn.Linear(3 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, T]
+        h = self.dwconv(x).transpose(1, 2)
+        h = self.pw2(F.gelu(self.pw1(self.norm(h))))
+        return x + (self.gamma * h).transpose(1, 2)
+
+
+def stack(dim: int, n: int) -> nn.Sequential:
+    return nn.Sequential(*[ConvNeXtBlock(dim, 1.0 / max(n, 1)) for _ in range(n)])
+
+
+def mid_side(x: torch.Tensor) -> torch.Tensor:
+    """[B, 2, N] left/right -> mid/side (and back: the transform is its own inverse up to a factor 2)."""
+    return torch.stack([(x[:, 0] + x[:, 1]) * 0.5, (x[:, 0] - x[:, 1]) * 0.5], dim=1)
+
+
+def left_right(ms: torch.Tensor) -> torch.Tensor:
+    return torch.stack([ms[:, 0] + ms[:, 1], ms[:, 0] - ms[:, 1]], dim=1)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.inp = nn.Conv1d(2 * cfg.bins, cfg.enc_dim, kernel_size=1)
+        self.frames = stack(cfg.enc_dim, cfg.enc_blocks)
+        self.down = nn.Conv1d(cfg.enc_dim, cfg.enc_dim, kernel_size=4, stride=2, padding=1)
+        self.latent = stack(cfg.enc_dim, cfg.latent_blocks)
+        self.norm = nn.LayerNorm(cfg.enc_dim, eps=1e-6)
+        self.out = nn.Conv1d(cfg.enc_dim, cfg.latent_dim, kernel_size=1)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """[B, 2, N] with N a multiple of the latent hop -> raw latent [B, latent_dim, N / latent_hop]."""
+        cfg = self.cfg
+        b, _, n = wav.shape
+        window = torch.hann_window(cfg.n_fft, device=wav.device)
+        spec = torch.stft(
+            mid_side(wav).reshape(b * 2, n), cfg.n_fft, cfg.hop, window=window, return_complex=True
+        )
+        feats = torch.log(spec.abs().clamp(min=1e-5)).reshape(b, 2 * cfg.bins, -1)
+        h = self.down(self.frames(self.inp(feats)))
+        h = self.norm(self.latent(h).transpose(1, 2)).transpose(1, 2)
+        return self.out(h)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.inp = nn.Conv1d(cfg.latent_dim, cfg.dec_dim, kernel_size=3, padding=1)
+        self.latent = stack(cfg.dec_dim, cfg.latent_blocks)
+        self.up = nn.ConvTranspose1d(cfg.dec_dim, cfg.dec_dim, kernel_size=2, stride=2)
+        self.frames = stack(cfg.dec_dim, cfg.dec_blocks)
+        self.norm = nn.LayerNorm(cfg.dec_dim, eps=1e-6)
+        self.head = nn.Linear(cfg.dec_dim, 2 * 2 * cfg.bins)  # (log-magnitude, phase) x (mid, side)
+
+    def trunk(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latent [B, C, T] -> head output [B, 2T + 1, 4 * bins] (the float-heavy part)."""
+        h = self.up(self.latent(self.inp(z)))
+        h = F.pad(h, (0, 1), mode="replicate")  # centred STFT of N samples has N / hop + 1 frames
+        h = self.norm(self.frames(h).transpose(1, 2))
+        return self.head(h)
+
+    def synthesize(self, out: torch.Tensor) -> torch.Tensor:
+        """Head output -> waveform [B, 2, N]; always in float32 (exp and iSTFT are precision-sensitive)."""
+        cfg = self.cfg
+        b, frames, _ = out.shape
+        out = out.float().reshape(b, frames, 2, 2, cfg.bins)  # [B, T, (mid, side), (log-mag, phase), bins]
+        mag = torch.exp(out[:, :, :, 0].clamp(max=7.0))
+        phase = out[:, :, :, 1]
+        spec = torch.view_as_complex(torch.stack([mag * torch.cos(phase), mag * torch.sin(phase)], dim=-1))
+        wav = overlap_add_istft(spec.transpose(1, 2), cfg.n_fft, cfg.hop)  # [B, 2, (T - 1) * hop]
+        return left_right(wav)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.synthesize(self.trunk(z))
+
+
+def overlap_add_istft(spec: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """Inverse of a centred, Hann-windowed STFT: spec [..., T, bins] -> [..., (T - 1) * hop].
+
+    Equal to torch.istft(center=True) for hop dividing n_fft, but frames-major and without its
+    generic unfold machinery, which dominates decode time on CPU.
+    """
+    *lead, frames, _ = spec.shape
+    window = torch.hann_window(n_fft, device=spec.device)
+    chunks = torch.fft.irfft(spec, n=n_fft, dim=-1) * window  # [..., T, n_fft]
+    k = n_fft // hop
+    chunks = chunks.reshape(*lead, frames, k, hop)
+    out = chunks.new_zeros(*lead, frames + k - 1, hop)
+    for j in range(k):
+        out[..., j : j + frames, :] += chunks[..., j, :]
+    wsq = (window**2).reshape(k, hop)
+    norm = wsq.new_zeros(frames + k - 1, hop)
+    for j in range(k):
+        norm[j : j + frames] += wsq[j]
+    out = out / norm.clamp(min=1e-8)
+    out = out.reshape(*lead, (frames + k - 1) * hop)
+    return out[..., n_fft // 2 : n_fft // 2 + (frames - 1) * hop]
+
+
+class CodecModel(nn.Module):
+    """Encoder + decoder with the latent normalisation buffers (identity until measured on a corpus)."""
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.register_buffer("latent_mean", torch.zeros(cfg.latent_dim))
+        self.register_buffer("latent_std", torch.ones(cfg.latent_dim))
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(wav)
+        return (z - self.latent_mean[:, None]) / self.latent_std[:, None]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z * self.latent_std[:, None] + self.latent_mean[:, None])
+
+
+def pad_to_hop(wav: torch.Tensor, hop: int) -> torch.Tensor:
+    n = wav.shape[-1]
+    target = max(hop, math.ceil(n / hop) * hop)
+    return F.pad(wav, (0, target - n))
+
+
+class Codec:
+    """Inference wrapper: Audio in, normalised latent [C, T] out, and back."""
+
+    def __init__(self, model: CodecModel, *, bf16: bool = True, bundle_path: Path | None = None):
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.bf16 = bf16
+        self.bundle_path = bundle_path
+        # A bf16 copy of the decoder: AMX matmuls without autocast re-casting the weights on every call.
+        self.decoder = copy.deepcopy(model.decoder).to(torch.bfloat16) if bf16 else model.decoder
+
+    @property
+    def latent_rate(self) -> float:
+        return self.cfg.latent_rate
+
+    @property
+    def channels(self) -> int:
+        return self.cfg.latent_dim
+
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.sample_rate
+
+    def _wav(self, audio: Audio) -> torch.Tensor:
+        from pipelines.audio import resample, to_channels
+
+        audio = to_channels(resample(audio, self.cfg.sample_rate), 2)
+        return torch.from_numpy(audio.samples).float()[None]
+
+    @torch.inference_mode()
+    def encode(self, audio: Audio) -> torch.Tensor:
+        """Any Audio -> latent [latent_dim, ceil(n / 1024)] (resampled to 44.1 kHz stereo, zero-padded)."""
+        wav = pad_to_hop(self._wav(audio), self.cfg.latent_hop)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            z = self.model.encode(wav)
+        return z.float()[0]
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor, n_samples: int | None = None) -> Audio:
+        """Latent [C, T] (or [B, C, T] -> first item) -> 44.1 kHz stereo Audio of T * 1024 (or n_samples) samples."""
+        if z.dim() == 2:
+            z = z[None]
+        m = self.model
+        z = z.float() * m.latent_std[:, None] + m.latent_mean[:, None]
+        wav = self.decoder.synthesize(self.decoder.trunk(z.to(next(self.decoder.parameters()).dtype)))[0]
+        if n_samples is not None:
+            wav = wav[:, :n_samples]
+        return Audio(wav.numpy().astype("float32"), self.cfg.sample_rate)
+
+    def roundtrip(self, audio: Audio) -> Audio:
+        n = round(audio.seconds * self.cfg.sample_rate)
+        return self.decode(self.encode(audio), n_samples=n)
+
+
+def codec_state(model: CodecModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def default_codec_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "assets" / "codec"
+
+
+def load_codec(path: str | Path | None = None, *, bf16: bool = True) -> Codec:
+    """The codec of a bundle folder (a codec bundle, or a model bundle whose `codec` component is one)."""
+    from pipelines.bundle import load_bundle
+
+    bundle = load_bundle(Path(path) if path else default_codec_path())
+    if bundle.kind != "codec":
+        bundle = bundle.component("codec")
+    cfg = CodecConfig(**bundle.config)
+    model = CodecModel(cfg)
+    from pipelines.errors import BadInput
+
+    try:
+        model.load_state_dict(bundle.tensors("codec"))
+    except RuntimeError as e:
+        raise BadInput(
+            f"The codec bundle at {bundle.path} does not match its config ({str(e).splitlines()[0][:120]}); "
+            "rebuild it with `make bundles`."
+        ) from None
+    return Codec(model, bf16=bf16, bundle_path=bundle.path)
+
+
+def config_dict(cfg: CodecConfig) -> dict:
+    return asdict(cfg)

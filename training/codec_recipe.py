@@ -1,0 +1,203 @@
+"""Recipe `codec`: trains the STFT-domain codec (pipelines/codec.py) in the trainer core.
+
+Loss = multi-resolution STFT distance + mel L1 on left/right, plus the latent regulariser:
+  - variance matching: per-channel batch mean -> 0 and std -> 1 (weight `reg_weight`), so latents have a
+    fixed scale for diffusion and additive noise has a fixed meaning;
+  - noise injection: the decoder sees z + sigma * eps with sigma ~ U(0, latent_noise) per clip, so that
+    decode(z + small noise) degrades gracefully (a sampler never lands exactly on the manifold).
+After training, `export_bundle` measures per-channel mean/std over the corpus' train split and stores
+them in the bundle, so `Codec.encode` returns latents with std 1 per channel on the corpus.
+
+Training crops come from a memory-mapped int16 cache of the train split (built once, atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.codec import CodecConfig, CodecModel
+from training.spectral import reconstruction_loss
+
+DEFAULTS = {
+    "codec": {},  # CodecConfig overrides
+    "segment_samples": 65536,  # ~1.49 s crops; a multiple of the latent hop
+    "latent_noise": 0.1,
+    "reg_weight": 0.05,
+    "mel_weight": 1.0,
+    "gain_db": 6.0,  # random gain range, +/-
+    "bf16": True,  # autocast the encoder/decoder trunks (the losses stay float32)
+}
+
+
+class AudioPool:
+    """All clips of one split as one int16 memmap [2, total] with per-clip offsets."""
+
+    def __init__(self, data_dir: Path, split: str = "train"):
+        from training.corpus import read_manifest
+
+        self.data_dir = Path(data_dir)
+        cache = self.data_dir / ".cache"
+        self.array_path = cache / f"pool_{split}.int16"
+        self.index_path = cache / f"pool_{split}.json"
+        if not self.index_path.exists():
+            self._build(read_manifest(self.data_dir, split=split))
+        index = json.loads(self.index_path.read_text())
+        self.offsets = np.asarray(index["offsets"], dtype=np.int64)
+        self.lengths = np.asarray(index["lengths"], dtype=np.int64)
+        self.ids = index["ids"]
+        self.samples = np.memmap(self.array_path, dtype=np.int16, mode="r").reshape(2, -1)
+
+    def _build(self, records: list[dict]) -> None:
+        import soundfile as sf
+        from tqdm import tqdm
+
+        self.array_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.array_path.with_suffix(".tmp")
+        offsets, lengths, ids = [], [], []
+        chunks = []
+        total = 0
+        for rec in tqdm(records, desc="caching clips", unit="clip", mininterval=2.0):
+            data, sr = sf.read(self.data_dir / rec["path"], dtype="int16", always_2d=True)
+            assert sr == 44100 and data.shape[1] == 2, f"corpus clip {rec['path']} is not 44.1 kHz stereo"
+            offsets.append(total)
+            lengths.append(len(data))
+            ids.append(rec["id"])
+            total += len(data)
+            chunks.append(data.T.copy())
+        arr = np.memmap(tmp, dtype=np.int16, mode="w+", shape=(2, total))
+        for off, chunk in zip(offsets, chunks):
+            arr[:, off : off + chunk.shape[1]] = chunk
+        arr.flush()
+        del arr
+        os.replace(tmp, self.array_path)
+        tmp_index = self.index_path.with_suffix(".tmp")
+        tmp_index.write_text(json.dumps({"offsets": offsets, "lengths": lengths, "ids": ids}))
+        os.replace(tmp_index, self.index_path)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def clip(self, i: int) -> np.ndarray:
+        off, n = self.offsets[i], self.lengths[i]
+        return np.asarray(self.samples[:, off : off + n], dtype=np.float32) / 32768.0
+
+    def crop(self, i: int, length: int, start_fraction: float) -> np.ndarray:
+        """A [2, length] window of clip i (zero-padded when the clip is shorter)."""
+        off, n = int(self.offsets[i]), int(self.lengths[i])
+        start = int(start_fraction * max(n - length, 0))
+        window = (
+            np.asarray(self.samples[:, off + start : off + min(n, start + length)], dtype=np.float32)
+            / 32768.0
+        )
+        if window.shape[1] < length:
+            window = np.pad(window, ((0, 0), (0, length - window.shape[1])))
+        return window
+
+
+class CodecRecipe:
+    name = "codec"
+
+    def __init__(self, config: dict, data_dir: Path):
+        self.config = {**DEFAULTS, **(config or {})}
+        self.codec_config = CodecConfig(**self.config["codec"])
+        self.model = CodecModel(self.codec_config)
+        assert self.config["segment_samples"] % self.codec_config.latent_hop == 0
+        self.data_dir = Path(data_dir)
+        self._pool: AudioPool | None = None
+
+    @property
+    def pool(self) -> AudioPool:
+        if self._pool is None:
+            self._pool = AudioPool(self.data_dir, "train")
+        return self._pool
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"codec": self.model}
+
+    def dataset_size(self) -> int:
+        return len(self.pool)
+
+    def batch(self, indices: list[int]) -> torch.Tensor:
+        """Crops for these clip indices; offsets, gains and channel swaps from the (already seeded) torch RNG."""
+        n = self.config["segment_samples"]
+        starts = torch.rand(len(indices)).tolist()
+        wav = torch.from_numpy(np.stack([self.pool.crop(i, n, s) for i, s in zip(indices, starts)]))
+        gain_db = (torch.rand(len(indices), 1, 1) * 2 - 1) * self.config["gain_db"]
+        wav = wav * 10 ** (gain_db / 20)
+        swap = torch.rand(len(indices)) < 0.5
+        wav[swap] = wav[swap].flip(1)
+        return wav
+
+    def loss(self, step: int, indices: list[int], modules: dict[str, torch.nn.Module]):
+        model: CodecModel = modules["codec"]
+        cfg = self.config
+        wav = self.batch(indices)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
+            z = model.encoder(wav)
+        z = z.float()
+        mean, std = z.mean(dim=(0, 2)), z.std(dim=(0, 2))
+        reg = (std - 1).square().mean() + mean.square().mean()
+        sigma = cfg["latent_noise"] * torch.rand(z.shape[0], 1, 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
+            out = model.decoder.trunk(z + sigma * torch.randn_like(z))
+        y = model.decoder.synthesize(out)
+        l_stft, l_mel = reconstruction_loss(y, wav)
+        loss = l_stft + cfg["mel_weight"] * l_mel + cfg["reg_weight"] * reg
+        return loss, {
+            "mrstft": float(l_stft.detach()),
+            "mel_l1": float(l_mel.detach()),
+            "latent_reg": float(reg.detach()),
+            "latent_std_min": float(std.detach().min()),
+            "latent_std_max": float(std.detach().max()),
+        }
+
+    def preview(self, step: int, modules: dict[str, torch.nn.Module], out_dir: Path) -> None:
+        """Round-trip the first three train clips; writes WAVs the studio can play."""
+        from pipelines.audio import Audio, save_audio
+
+        model: CodecModel = modules["codec"]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            for i in range(min(3, len(self.pool))):
+                wav = torch.from_numpy(self.pool.crop(i, self.config["segment_samples"] * 2, 0.0))[None]
+                y = model.decoder(model.encoder(wav))[0]
+                save_audio(Audio(y.numpy(), 44100), out_dir / f"step{step:08d}_clip{i}.wav")
+
+    def export(
+        self, modules_ema: dict[str, torch.nn.Module], out_dir: Path, card: dict | None = None
+    ) -> None:
+        write_codec_bundle(modules_ema["codec"], self.pool, out_dir, card=card or {})
+
+
+@torch.no_grad()
+def latent_statistics(
+    model: CodecModel, pool: AudioPool, max_clips: int = 400
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of raw latents over (up to) `max_clips` evenly spaced clips."""
+    picks = np.linspace(0, len(pool) - 1, min(max_clips, len(pool))).astype(int)
+    zs = []
+    for i in picks:
+        wav = torch.from_numpy(pool.clip(int(i)))[None]
+        hop = model.cfg.latent_hop
+        wav = torch.nn.functional.pad(wav, (0, (-wav.shape[-1]) % hop))
+        zs.append(model.encoder(wav)[0])
+    z = torch.cat(zs, dim=1)
+    return z.mean(dim=1), z.std(dim=1)
+
+
+def write_codec_bundle(model: CodecModel, pool: AudioPool, out_dir: Path, card: dict) -> Path:
+    """Measure latent statistics, store them in the model, and save a codec bundle."""
+    from pipelines.bundle import save_bundle
+
+    model = model.float().eval()
+    mean, std = latent_statistics(model, pool)
+    model.latent_mean.copy_(mean)
+    model.latent_std.copy_(std)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    return save_bundle(Path(out_dir), asdict(model.cfg), {"codec": state}, kind="codec", card=card)
