@@ -76,7 +76,12 @@ def make_corpus(root: Path, clips: int = 6) -> Path:
         t = np.arange(int(44100 * 2.0)) / 44100
         f0 = 110.0 * (i + 2)
         x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in (1, 2, 3)) * np.exp(-1.5 * t) * 0.3
-        sf.write(root / "audio" / f"c{i}.flac", np.stack([x, 0.7 * x], 1).astype(np.float32), 44100, subtype="PCM_16")
+        sf.write(
+            root / "audio" / f"c{i}.flac",
+            np.stack([x, 0.7 * x], 1).astype(np.float32),
+            44100,
+            subtype="PCM_16",
+        )
         lines.append(
             json.dumps(
                 {
@@ -128,7 +133,9 @@ def test_codec_recipe_learns(tmp_path):
     meta = json.loads((bundle / "model.json").read_text())
     assert meta["kind"] == "codec" and meta["card"]["steps"] == 30
     # export measured the latent statistics: normalised train latents have unit scale per channel
-    z = codec.encode(Audio(sf.read(data / "audio" / "c0.flac", always_2d=True)[0].T.astype(np.float32), 44100))
+    z = codec.encode(
+        Audio(sf.read(data / "audio" / "c0.flac", always_2d=True)[0].T.astype(np.float32), 44100)
+    )
     assert 0.2 < float(z.std()) < 5.0
 
 
@@ -140,7 +147,17 @@ def test_codec_run_killed_and_resumed_matches_uninterrupted(tmp_path):
     steps = 12
     cfg = codec_config(tmp_path, steps)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    base = [sys.executable, "-m", "training.trainer", "--recipe", "codec", "--data", str(data), "--config", str(cfg)]
+    base = [
+        sys.executable,
+        "-m",
+        "training.trainer",
+        "--recipe",
+        "codec",
+        "--data",
+        str(data),
+        "--config",
+        str(cfg),
+    ]
 
     subprocess.run([*base, "--out", str(tmp_path / "straight")], check=True, env=env, capture_output=True)
 
