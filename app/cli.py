@@ -163,8 +163,31 @@ def _dataset_build(args: argparse.Namespace) -> int:
     out = _output_dir(args.out, "--out")
     from training.corpus import build_corpus
 
-    path = build_corpus(out, hours=args.hours, seed=args.seed, progress=True)
+    on_clip = None
+    if args.latents:
+        from pipelines.audio import load_audio
+        from pipelines.codec import load_codec
+        from training.latent_cache import LatentCacheWriter
+
+        writer = LatentCacheWriter(out, load_codec(args.model))
+
+        def on_clip(record: dict) -> None:
+            writer.add(record["id"], load_audio(out / record["path"]))
+
+    path = build_corpus(out, hours=args.hours, seed=args.seed, progress=True, on_clip=on_clip)
+    if args.latents:  # clips rendered by an earlier, interrupted build without --latents
+        from training.latent_cache import encode_corpus
+
+        print(f"latents in {encode_corpus(out, args.model)}")
     print(f"corpus ready in {path}")
+    return 0
+
+
+def _dataset_encode(args: argparse.Namespace) -> int:
+    data = _existing_dir(args.folder, "dataset encode")
+    from training.latent_cache import encode_corpus
+
+    print(f"latents in {encode_corpus(data, args.model)}")
     return 0
 
 
@@ -395,6 +418,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, metavar="DIR")
     q.add_argument("--hours", type=_hours, default=10.0, help="hours of audio (above 0, at most 1000)")
     q.add_argument("--seed", type=_seed, default=0)
+    q.add_argument(
+        "--latents", action="store_true", help="stream each clip into a latent cache as it is built"
+    )
+    q.add_argument(
+        "--model", metavar="BUNDLE", help="codec bundle for --latents (default: the bundled codec)"
+    )
+    q = actions.add_parser(
+        "encode",
+        help="encode a corpus into a latent cache",
+        description="encode a corpus into a latent cache",
+    )
+    q.set_defaults(handler=_dataset_encode)
+    q.add_argument("folder", metavar="DIR")
+    q.add_argument("--model", metavar="BUNDLE", help="codec bundle (default: the bundled codec)")
     q = actions.add_parser(
         "from-folder", help="make a corpus from your folder", description="make a corpus from your folder"
     )

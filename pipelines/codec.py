@@ -122,15 +122,18 @@ class Decoder(nn.Module):
         h = self.norm(self.frames(h).transpose(1, 2))
         return self.head(h)
 
-    def synthesize(self, out: torch.Tensor) -> torch.Tensor:
-        """Head output -> waveform [B, 2, N]; always in float32 (exp and iSTFT are precision-sensitive)."""
+    def spectrum(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head output -> (magnitude, phase), each [B, T, 2 (mid, side), bins], in float32."""
         cfg = self.cfg
         b, frames, _ = out.shape
-        out = out.float().reshape(b, frames, 2, 2, cfg.bins)  # [B, T, (mid, side), (log-mag, phase), bins]
-        mag = torch.exp(out[:, :, :, 0].clamp(max=7.0))
-        phase = out[:, :, :, 1]
+        out = out.float().reshape(b, frames, 2, 2, cfg.bins)
+        return torch.exp(out[:, :, :, 0].clamp(max=7.0)), out[:, :, :, 1]
+
+    def synthesize(self, out: torch.Tensor) -> torch.Tensor:
+        """Head output -> waveform [B, 2, N]; always in float32 (exp and iSTFT are precision-sensitive)."""
+        mag, phase = self.spectrum(out)
         spec = torch.view_as_complex(torch.stack([mag * torch.cos(phase), mag * torch.sin(phase)], dim=-1))
-        wav = overlap_add_istft(spec.transpose(1, 2), cfg.n_fft, cfg.hop)  # [B, 2, (T - 1) * hop]
+        wav = overlap_add_istft(spec.transpose(1, 2), self.cfg.n_fft, self.cfg.hop)  # [B, 2, (T - 1) * hop]
         return left_right(wav)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

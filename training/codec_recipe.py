@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.codec import CodecConfig, CodecModel
+from pipelines.codec import CodecConfig, CodecModel, left_right, mid_side, overlap_add_istft
 from training.spectral import reconstruction_loss
 
 DEFAULTS = {
@@ -32,6 +32,7 @@ DEFAULTS = {
     "mel_weight": 1.0,
     "gain_db": 6.0,  # random gain range, +/-
     "bf16": True,  # autocast the encoder/decoder trunks (the losses stay float32)
+    "phase_weight": 1.0,  # instantaneous-frequency + group-delay losses against the true mid/side STFT
 }
 
 
@@ -146,12 +147,21 @@ class CodecRecipe:
         sigma = cfg["latent_noise"] * torch.rand(z.shape[0], 1, 1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
             out = model.decoder.trunk(z + sigma * torch.randn_like(z))
-        y = model.decoder.synthesize(out)
+        mag, phase = model.decoder.spectrum(out)
+        spec = torch.view_as_complex(torch.stack([mag * torch.cos(phase), mag * torch.sin(phase)], dim=-1))
+        y = left_right(
+            overlap_add_istft(spec.transpose(1, 2), self.codec_config.n_fft, self.codec_config.hop)
+        )
         l_stft, l_mel = reconstruction_loss(y, wav)
-        loss = l_stft + cfg["mel_weight"] * l_mel + cfg["reg_weight"] * reg
+        l_if, l_gd = phase_derivative_losses(phase, wav, self.codec_config)
+        loss = (
+            l_stft + cfg["mel_weight"] * l_mel + cfg["reg_weight"] * reg + cfg["phase_weight"] * (l_if + l_gd)
+        )
         return loss, {
             "mrstft": float(l_stft.detach()),
             "mel_l1": float(l_mel.detach()),
+            "phase_if": float(l_if.detach()),
+            "phase_gd": float(l_gd.detach()),
             "latent_reg": float(reg.detach()),
             "latent_std_min": float(std.detach().min()),
             "latent_std_max": float(std.detach().max()),
@@ -173,6 +183,36 @@ class CodecRecipe:
         self, modules_ema: dict[str, torch.nn.Module], out_dir: Path, card: dict | None = None
     ) -> None:
         write_codec_bundle(modules_ema["codec"], self.pool, out_dir, card=card or {})
+
+
+def phase_derivative_losses(
+    phase: torch.Tensor, wav: torch.Tensor, cfg: CodecConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Magnitude-weighted anti-wrapped losses on the phase's time derivative (instantaneous frequency)
+    and frequency derivative (group delay), against the true mid/side STFT of the target.
+
+    Absolute phase cannot be recovered from the magnitudes the encoder sees, but its derivatives follow
+    from the local spectral shape; supervising them directly teaches the decoder coherent phase far faster
+    than magnitude losses on the re-analysed output alone (measured: spectral convergence stuck near 0.9
+    without them). 1 - cos(difference) is smooth and blind to 2 pi wraps.
+    """
+    b, _, n = wav.shape
+    with torch.no_grad():
+        window = torch.hann_window(cfg.n_fft, device=wav.device)
+        true = torch.stft(
+            mid_side(wav).reshape(b * 2, n), cfg.n_fft, cfg.hop, window=window, return_complex=True
+        )
+        true = true.reshape(b, 2, cfg.bins, -1).permute(0, 3, 1, 2)  # [B, T, 2, bins] like `phase`
+        true_phase = torch.angle(true)
+        mag = true.abs()
+        weight = mag / mag.amax(dim=(1, 3), keepdim=True).clamp(min=1e-5)  # per clip and channel, peak 1
+    w_t = weight[:, 1:] * weight[:, :-1]
+    d_pred, d_true = phase[:, 1:] - phase[:, :-1], true_phase[:, 1:] - true_phase[:, :-1]
+    l_if = (w_t * (1 - torch.cos(d_pred - d_true))).sum() / w_t.sum().clamp(min=1e-6)
+    w_f = weight[..., 1:] * weight[..., :-1]
+    g_pred, g_true = phase[..., 1:] - phase[..., :-1], true_phase[..., 1:] - true_phase[..., :-1]
+    l_gd = (w_f * (1 - torch.cos(g_pred - g_true))).sum() / w_f.sum().clamp(min=1e-6)
+    return l_if, l_gd
 
 
 @torch.no_grad()

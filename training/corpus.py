@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -723,9 +724,19 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def build_corpus(
-    out: Path, hours: float = 10.0, seed: int = 0, *, progress: bool = True, workers: int | None = None
+    out: Path,
+    hours: float = 10.0,
+    seed: int = 0,
+    *,
+    progress: bool = True,
+    workers: int | None = None,
+    on_clip: Callable[[dict], None] | None = None,
 ) -> Path:
-    """Render the built-in corpus into `out` (resumable: clips already written are kept). Returns `out`."""
+    """Render the built-in corpus into `out` (resumable: clips already written are kept). Returns `out`.
+
+    `on_clip(record)` runs in this process as each clip lands on disk (how `--latents` streams clips
+    into a latent cache while the workers keep rendering).
+    """
     from tqdm import tqdm
 
     if not hours > 0:
@@ -785,6 +796,8 @@ def build_corpus(
                 manifest.write(json.dumps(record) + "\n")
                 manifest.flush()
                 done[record["id"]] = record
+                if on_clip is not None:
+                    on_clip(record)
                 rendered_clips += 1
                 rendered_seconds += record["seconds"]
                 elapsed = max(time.perf_counter() - started, 1e-9)
