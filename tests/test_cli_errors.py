@@ -230,8 +230,8 @@ def test_codec_roundtrip_writes_output_and_warns_once(capsys, monkeypatch, write
 def test_dataset_build_passes_arguments(capsys, monkeypatch, tmp_path):
     calls = []
 
-    def build_corpus(out, hours=10.0, seed=0, *, progress=True):
-        calls.append((out, hours, seed))
+    def build_corpus(out, hours=10.0, seed=0, *, progress=True, on_clip=None):
+        calls.append((out, hours, seed, on_clip))
         return out
 
     fake_module(monkeypatch, "training.corpus", build_corpus=build_corpus)
@@ -239,7 +239,7 @@ def test_dataset_build_passes_arguments(capsys, monkeypatch, tmp_path):
         capsys, "dataset", "build", "--out", tmp_path / "c", "--hours", "0.5", "--seed", "3"
     )
     assert code == 0, err
-    assert calls == [(tmp_path / "c", 0.5, 3)]
+    assert calls == [(tmp_path / "c", 0.5, 3, None)]  # no --latents: nothing streams
 
 
 # ---------------------------------------------------------------- exit codes, warnings, help

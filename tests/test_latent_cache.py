@@ -25,7 +25,9 @@ def tiny_codec_bundle(path):
 def test_build_streams_into_latent_cache_and_encode_resumes(tmp_path):
     bundle = tiny_codec_bundle(tmp_path / "codec")
     out = tmp_path / "corpus"
-    code = main(["dataset", "build", "--out", str(out), "--hours", "0.004", "--latents", "--model", str(bundle)])
+    code = main(
+        ["dataset", "build", "--out", str(out), "--hours", "0.004", "--latents", "--model", str(bundle)]
+    )
     assert code == 0
     records = read_manifest(out)
     roots = list((out / "latents").iterdir())
