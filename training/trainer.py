@@ -549,6 +549,7 @@ def train(
     bar = tqdm(total=config.steps, initial=start, desc=recipe_name, disable=not show_bar, file=sys.stderr)
     state = "running"
     status(state)
+    last_line = time.monotonic()
     try:
         with StopSignals() as signals:
             while step < config.steps:
@@ -595,6 +596,14 @@ def train(
                     }
                     run.log(record)
                     bar.set_postfix(loss=f"{loss_value:.4g}")
+                    if progress and run.writer and not show_bar and time.monotonic() - last_line > 30.0:
+                        # logs and worker processes get a plain line with the ETA every 30 s
+                        last_line = time.monotonic()
+                        print(
+                            f"{recipe_name}: {progress_line(step, config.steps, eta())}, loss {loss_value:.4g}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     if on_metrics is not None and run.writer:
                         on_metrics(record)
                 if step % config.ckpt_every == 0 and step < config.steps:
@@ -630,6 +639,12 @@ def train(
             file=sys.stderr,
         )
     return final
+
+
+def progress_line(step: int, steps: int, eta_s: float | None) -> str:
+    """'step 120/4000 (3%), ETA 1h17m' for logs, where no progress bar is drawn."""
+    eta = "unknown" if eta_s is None else f"{int(eta_s) // 3600}h{int(eta_s) % 3600 // 60:02d}m"
+    return f"step {step}/{steps} ({100 * step // max(steps, 1)}%), ETA {eta}"
 
 
 # ---------------------------------------------------------------- export
