@@ -236,9 +236,7 @@ def _bench(args: argparse.Namespace) -> int:
     data = _existing_dir(args.data, "--data") if args.data else None
     from training.bench_codec import run
 
-    run(json_out, data=data, model=args.model)  # prints its own table
-    if json_out is not None:
-        print(f"wrote {json_out}")
+    run(json_out, data=data, model=args.model, update_card=args.update_card)  # prints its own table
     return 0
 
 
@@ -465,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["codec", "generate", "pipelines"])
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     p.add_argument("--data", metavar="DIR", help="corpus whose test split to measure (codec)")
+    p.add_argument("--update-card", action="store_true", help="record the figures in the bundle's model card")
     model(p)
 
     p = verb("bundle", "package a trained model", None)

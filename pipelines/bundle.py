@@ -31,22 +31,36 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+HASHED_FIELDS = ("format_version", "kind", "config", "files", "components")
 
 
 def bundle_hash(path: Path | str) -> str:
-    """The sha256 of a bundle's model.json, which lists every file's sha256 and so covers the whole bundle."""
+    """The sha256 of what a bundle computes: its format, kind, config, files' sha256s and components.
+
+    The card (data, recipe, eval figures) is documentation and is left out, so adding eval figures to
+    a card after export does not invalidate the bundles that reference this one.
+    """
     model_json = Path(path) / "model.json"
     if not model_json.is_file():
         raise BadInput(
             f"No model bundle at {path} (model.json is missing); pass the folder of an exported bundle."
         )
-    return sha256_file(model_json)
+    try:
+        meta = json.loads(model_json.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadInput(f"{model_json} is not valid JSON; copy the bundle again or re-export it.") from None
+    canonical = json.dumps({k: meta.get(k) for k in HASHED_FIELDS}, sort_keys=True, separators=(",", ":"))
+    return sha256_bytes(canonical.encode())
+
+
+def update_card(path: Path | str, updates: dict) -> None:
+    """Merge `updates` into a bundle's card (e.g. eval figures), rewriting model.json atomically."""
+    model_json = Path(path) / "model.json"
+    meta = json.loads(model_json.read_text())
+    meta.setdefault("card", {}).update(updates)
+    tmp = model_json.with_name(".model.json.partial")
+    write_bytes_synced(tmp, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    os.replace(tmp, model_json)
 
 
 def write_bytes_synced(path: Path, data: bytes) -> None:

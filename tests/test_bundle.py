@@ -132,3 +132,20 @@ def test_bundle_hash_follows_contents(tmp_path):
     b = save_bundle(tmp_path / "b", {"x": 1}, make_tensors())
     c = save_bundle(tmp_path / "c", {"x": 1}, {"denoiser": {"w": torch.zeros(1)}})
     assert bundle_hash(a) == bundle_hash(b) != bundle_hash(c)
+
+
+def test_card_updates_keep_the_hash_and_the_references(tmp_path):
+    from pipelines.bundle import update_card
+
+    codec = save_bundle(tmp_path / "codec", {"latent": 16}, {"codec": {"w": torch.ones(2)}}, kind="codec")
+    model = save_bundle(tmp_path / "model", {"x": 1}, make_tensors(), components={"codec": codec})
+    before = bundle_hash(codec)
+    update_card(codec, {"eval": {"mrstft": 0.3}})
+    assert bundle_hash(codec) == before
+    assert load_bundle(codec).card["eval"] == {"mrstft": 0.3}
+    assert load_bundle(model).component("codec").path == codec.resolve()
+    # a config change is a different model, so the hash moves
+    meta = json.loads((codec / "model.json").read_text())
+    meta["config"]["latent"] = 32
+    (codec / "model.json").write_text(json.dumps(meta))
+    assert bundle_hash(codec) != before

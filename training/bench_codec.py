@@ -216,7 +216,10 @@ def find_example(clips, words: tuple[str, ...]):
 
 
 def run(
-    json_out: str | Path | None = None, data: str | Path | None = None, model: str | Path | None = None
+    json_out: str | Path | None = None,
+    data: str | Path | None = None,
+    model: str | Path | None = None,
+    update_card: bool = False,
 ) -> dict:
     from pipelines.codec import load_codec
 
@@ -284,6 +287,14 @@ def run(
     report["wall_time_s"] = round(time.time() - started, 1)
 
     print_table(report)
+    if update_card:
+        from pipelines.bundle import update_card as write_card
+
+        figures = {name: block["summary"] for name, block in report["sets"].items()}
+        write_card(
+            codec.bundle_path, {"eval": {"speed": report["speed"], "latent": report["latent"], **figures}}
+        )
+        print(f"recorded the figures in {codec.bundle_path / 'model.json'}")
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(report, indent=2))
