@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: setup test test-all lint format studio bundles clean-venv
+.PHONY: setup test test-all lint format studio bundles
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,7 @@ bundles: setup
 	$(VENV)/bin/soundloom train --recipe codec --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/codec-run \
 		--config training/configs/codec.json --resume
 	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/codec-run --data $(BUNDLE_WORK)/corpus --out assets/codec
+	$(VENV)/bin/soundloom bench codec --data $(BUNDLE_WORK)/corpus --json $(BUNDLE_WORK)/bench/codec.json --update-card
 
 studio: setup
 	$(VENV)/bin/soundloom studio
