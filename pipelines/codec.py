@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipelines.audio import Audio
+from pipelines.errors import BadInput
 
 
 @dataclass
@@ -79,6 +80,14 @@ def left_right(ms: torch.Tensor) -> torch.Tensor:
     return torch.stack([ms[:, 0] + ms[:, 1], ms[:, 0] - ms[:, 1]], dim=1)
 
 
+def mid_side_stft(wav: torch.Tensor, cfg: CodecConfig) -> torch.Tensor:
+    """Centred Hann STFT of mid and side: [B, 2, N] -> complex [B, 2, bins, N / hop + 1]."""
+    b, _, n = wav.shape
+    window = torch.hann_window(cfg.n_fft, device=wav.device)
+    spec = torch.stft(mid_side(wav).reshape(b * 2, n), cfg.n_fft, cfg.hop, window=window, return_complex=True)
+    return spec.reshape(b, 2, cfg.bins, -1)
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: CodecConfig):
         super().__init__()
@@ -92,13 +101,8 @@ class Encoder(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """[B, 2, N] with N a multiple of the latent hop -> raw latent [B, latent_dim, N / latent_hop]."""
-        cfg = self.cfg
-        b, _, n = wav.shape
-        window = torch.hann_window(cfg.n_fft, device=wav.device)
-        spec = torch.stft(
-            mid_side(wav).reshape(b * 2, n), cfg.n_fft, cfg.hop, window=window, return_complex=True
-        )
-        feats = torch.log(spec.abs().clamp(min=1e-5)).reshape(b, 2 * cfg.bins, -1)
+        spec = mid_side_stft(wav, self.cfg)
+        feats = torch.log(spec.abs().clamp(min=1e-5)).flatten(1, 2)
         h = self.down(self.frames(self.inp(feats)))
         h = self.norm(self.latent(h).transpose(1, 2)).transpose(1, 2)
         return self.out(h)
@@ -129,15 +133,13 @@ class Decoder(nn.Module):
         out = out.float().reshape(b, frames, 2, 2, cfg.bins)
         return torch.exp(out[:, :, :, 0].clamp(max=7.0)), out[:, :, :, 1]
 
-    def synthesize(self, out: torch.Tensor) -> torch.Tensor:
-        """Head output -> waveform [B, 2, N]; always in float32 (exp and iSTFT are precision-sensitive)."""
-        mag, phase = self.spectrum(out)
+    def synthesize(self, mag: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """(magnitude, phase) [B, T, 2, bins] -> waveform [B, 2, (T - 1) * hop], in float32."""
         spec = torch.view_as_complex(torch.stack([mag * torch.cos(phase), mag * torch.sin(phase)], dim=-1))
-        wav = overlap_add_istft(spec.transpose(1, 2), self.cfg.n_fft, self.cfg.hop)  # [B, 2, (T - 1) * hop]
-        return left_right(wav)
+        return left_right(overlap_add_istft(spec.transpose(1, 2), self.cfg.n_fft, self.cfg.hop))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.synthesize(self.trunk(z))
+        return self.synthesize(*self.spectrum(self.trunk(z)))
 
 
 def overlap_add_istft(spec: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
@@ -174,17 +176,23 @@ class CodecModel(nn.Module):
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_dim))
         self.register_buffer("latent_std", torch.ones(cfg.latent_dim))
 
+    def normalise(self, z_raw: torch.Tensor) -> torch.Tensor:
+        return (z_raw - self.latent_mean[:, None]) / self.latent_std[:, None]
+
+    def denormalise(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latent_std[:, None] + self.latent_mean[:, None]
+
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(wav)
-        return (z - self.latent_mean[:, None]) / self.latent_std[:, None]
+        return self.normalise(self.encoder(wav))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z * self.latent_std[:, None] + self.latent_mean[:, None])
+        return self.decoder(self.denormalise(z))
 
 
 def pad_to_hop(wav: torch.Tensor, hop: int) -> torch.Tensor:
+    """Zero-pad to a whole number of hops, and to at least two (the centred STFT's reflection needs them)."""
     n = wav.shape[-1]
-    target = max(hop, math.ceil(n / hop) * hop)
+    target = max(2 * hop, math.ceil(n / hop) * hop)
     return F.pad(wav, (0, target - n))
 
 
@@ -230,9 +238,9 @@ class Codec:
         """Latent [C, T] (or [B, C, T] -> first item) -> 44.1 kHz stereo Audio of T * 1024 (or n_samples) samples."""
         if z.dim() == 2:
             z = z[None]
-        m = self.model
-        z = z.float() * m.latent_std[:, None] + m.latent_mean[:, None]
-        wav = self.decoder.synthesize(self.decoder.trunk(z.to(next(self.decoder.parameters()).dtype)))[0]
+        z = self.model.denormalise(z.float())
+        out = self.decoder.trunk(z.to(next(self.decoder.parameters()).dtype))
+        wav = self.decoder.synthesize(*self.decoder.spectrum(out))[0]
         if n_samples is not None:
             wav = wav[:, :n_samples]
         return Audio(wav.numpy().astype("float32"), self.cfg.sample_rate)
@@ -240,10 +248,6 @@ class Codec:
     def roundtrip(self, audio: Audio) -> Audio:
         n = round(audio.seconds * self.cfg.sample_rate)
         return self.decode(self.encode(audio), n_samples=n)
-
-
-def codec_state(model: CodecModel) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def default_codec_path() -> Path:
@@ -257,10 +261,13 @@ def load_codec(path: str | Path | None = None, *, bf16: bool = True) -> Codec:
     bundle = load_bundle(Path(path) if path else default_codec_path())
     if bundle.kind != "codec":
         bundle = bundle.component("codec")
-    cfg = CodecConfig(**bundle.config)
+    try:
+        cfg = CodecConfig(**bundle.config)
+    except TypeError as e:
+        raise BadInput(
+            f"The codec bundle at {bundle.path} has a config this soundloom does not know ({e}); re-export it."
+        ) from None
     model = CodecModel(cfg)
-    from pipelines.errors import BadInput
-
     try:
         model.load_state_dict(bundle.tensors("codec"))
     except RuntimeError as e:
@@ -269,7 +276,3 @@ def load_codec(path: str | Path | None = None, *, bf16: bool = True) -> Codec:
             "rebuild it with `make bundles`."
         ) from None
     return Codec(model, bf16=bf16, bundle_path=bundle.path)
-
-
-def config_dict(cfg: CodecConfig) -> dict:
-    return asdict(cfg)

@@ -45,6 +45,25 @@ def test_latent_rate_and_lengths():
     assert out.sample_rate == 44100 and out.samples.shape == (2, 44100)
 
 
+def test_very_short_input_round_trips():
+    codec = Codec(CodecModel(CodecConfig(**TINY)), bf16=False)
+    out = codec.roundtrip(Audio(np.ones((2, 100), dtype=np.float32) * 0.1, 44100))
+    assert out.samples.shape == (2, 100) and np.isfinite(out.samples).all()
+
+
+def test_decode_undoes_the_latent_normalisation():
+    torch.manual_seed(0)
+    model = CodecModel(CodecConfig(**TINY))
+    model.latent_mean.copy_(torch.randn(8))
+    model.latent_std.copy_(torch.rand(8) + 0.5)
+    z = torch.randn(8, 20)
+    direct = model.decoder(z[None] * model.latent_std[:, None] + model.latent_mean[:, None])[0]
+    assert np.allclose(Codec(model, bf16=False).decode(z).samples, direct.detach().numpy(), atol=1e-5)
+    wav = torch.randn(1, 2, 8192) * 0.1
+    raw = model.encoder(wav)
+    assert torch.allclose(model.encode(wav), (raw - model.latent_mean[:, None]) / model.latent_std[:, None])
+
+
 def test_bf16_decode_matches_float32():
     torch.manual_seed(0)
     model = CodecModel(CodecConfig(**TINY))
@@ -132,11 +151,33 @@ def test_codec_recipe_learns(tmp_path):
     codec = load_codec(bundle)
     meta = json.loads((bundle / "model.json").read_text())
     assert meta["kind"] == "codec" and meta["card"]["steps"] == 30
-    # export measured the latent statistics: normalised train latents have unit scale per channel
-    z = codec.encode(
-        Audio(sf.read(data / "audio" / "c0.flac", always_2d=True)[0].T.astype(np.float32), 44100)
+    # export measured the latent statistics: normalised train latents have mean 0 and std 1 per channel
+    z = torch.cat(
+        [
+            codec.encode(Audio(sf.read(f, always_2d=True)[0].T.astype(np.float32), 44100))
+            for f in sorted((data / "audio").glob("*.flac"))
+        ],
+        dim=1,
     )
-    assert 0.2 < float(z.std()) < 5.0
+    assert z.mean(dim=1).abs().max() < 0.1, z.mean(dim=1)
+    assert (z.std(dim=1) - 1).abs().max() < 0.1, z.std(dim=1)
+
+
+def test_codec_recipe_refuses_bad_settings_and_empty_splits(tmp_path):
+    from pipelines.errors import BadInput
+    from training.codec_recipe import CodecRecipe
+
+    data = make_corpus(tmp_path / "corpus")
+    with pytest.raises(BadInput, match="latent_noize"):
+        CodecRecipe({"latent_noize": 0.1}, data)
+    with pytest.raises(BadInput, match="width"):
+        CodecRecipe({"codec": {"width": 3}}, data)
+    with pytest.raises(BadInput, match="segment_samples"):
+        CodecRecipe({"segment_samples": 1000}, data)
+    manifest = data / "manifest.jsonl"
+    manifest.write_text(manifest.read_text().replace('"split": "train"', '"split": "test"'))
+    with pytest.raises(BadInput, match="no train clips"):
+        CodecRecipe({"codec": TINY}, data).dataset_size()
 
 
 def test_codec_run_killed_and_resumed_matches_uninterrupted(tmp_path):
@@ -144,7 +185,7 @@ def test_codec_run_killed_and_resumed_matches_uninterrupted(tmp_path):
     from training.checkpoint import latest_good_checkpoint
 
     data = make_corpus(tmp_path / "corpus")
-    steps = 12
+    steps = 40
     cfg = codec_config(tmp_path, steps)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     base = [
@@ -171,6 +212,7 @@ def test_codec_run_killed_and_resumed_matches_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list((killed / "checkpoints").glob("step_00000004*")), "the run never wrote its first checkpoint"
+    assert not (killed / "checkpoints" / f"step_{steps:08d}").exists(), "the run finished before the kill"
     subprocess.run([*base, "--out", str(killed), "--resume"], check=True, env=env, capture_output=True)
 
     _, _, a = latest_good_checkpoint(tmp_path / "straight" / "checkpoints")

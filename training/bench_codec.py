@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.atomic_files import write_atomic
 from pipelines.audio import Audio, load_audio
-from training.spectral import lsd_db, mel_distance_db, mrstft_distance
+from training.spectral import lsd_db, mel_distance_db, mrstft_distance, power_db, stft_power
 
 HYDROGEN_ROOT = Path("/usr/share/hydrogen/data/drumkits")
 SPEECH = [
@@ -150,14 +151,13 @@ def spectrogram_png(rows: list[tuple[str, Audio]], path: Path, title: str) -> No
 
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 2.4 * len(rows)), sharex=True)
     for ax, (label, audio) in zip(np.atleast_1d(axes), rows):
-        mono = torch.from_numpy(audio.samples.mean(axis=0))
-        spec = torch.stft(mono, 2048, 256, window=torch.hann_window(2048), return_complex=True).abs()
-        db = 20 * torch.log10(spec.clamp(min=1e-5) / spec.max().clamp(min=1e-5))
+        power = stft_power(torch.from_numpy(audio.samples.mean(axis=0)), 2048, 256)
+        db = power_db(power) - power_db(power.max())
         ax.imshow(
             db.numpy(),
             origin="lower",
             aspect="auto",
-            vmin=-90,
+            vmin=-80,
             vmax=0,
             cmap="magma",
             extent=[0, audio.seconds, 0, audio.sample_rate / 2000],
@@ -297,7 +297,7 @@ def run(
         print(f"recorded the figures in {codec.bundle_path / 'model.json'}")
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(report, indent=2))
+        write_atomic(json_out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {json_out}")
     return report
 

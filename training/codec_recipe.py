@@ -13,6 +13,7 @@ Training crops come from a memory-mapped int16 cache of the train split (built o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict
@@ -21,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.codec import CodecConfig, CodecModel, left_right, mid_side, overlap_add_istft
+from pipelines.codec import Codec, CodecConfig, CodecModel, mid_side_stft
+from pipelines.errors import BadInput
 from training.spectral import reconstruction_loss
 
 DEFAULTS = {
@@ -37,7 +39,8 @@ DEFAULTS = {
 
 
 class AudioPool:
-    """All clips of one split as one int16 memmap [2, total] with per-clip offsets."""
+    """All clips of one split as one int16 memmap [total, 2] with per-clip offsets, cached beside the
+    corpus and rebuilt when the manifest changes (its sha256 is kept in the index)."""
 
     def __init__(self, data_dir: Path, split: str = "train"):
         from training.corpus import read_manifest
@@ -46,55 +49,63 @@ class AudioPool:
         cache = self.data_dir / ".cache"
         self.array_path = cache / f"pool_{split}.int16"
         self.index_path = cache / f"pool_{split}.json"
-        if not self.index_path.exists():
-            self._build(read_manifest(self.data_dir, split=split))
-        index = json.loads(self.index_path.read_text())
+        manifest_sha = hashlib.sha256((self.data_dir / "manifest.jsonl").read_bytes()).hexdigest()
+        index = json.loads(self.index_path.read_text()) if self.index_path.is_file() else {}
+        if index.get("manifest_sha256") != manifest_sha or not self.array_path.is_file():
+            records = read_manifest(self.data_dir, split=split)
+            if not records:
+                raise BadInput(
+                    f"The corpus in {self.data_dir} has no {split} clips (clips are split by a hash of their "
+                    "material, about 80% train); add more sounds to it."
+                )
+            index = self._build(records, manifest_sha)
         self.offsets = np.asarray(index["offsets"], dtype=np.int64)
         self.lengths = np.asarray(index["lengths"], dtype=np.int64)
         self.ids = index["ids"]
-        self.samples = np.memmap(self.array_path, dtype=np.int16, mode="r").reshape(2, -1)
+        self.samples = np.memmap(self.array_path, dtype=np.int16, mode="r").reshape(-1, 2)
 
-    def _build(self, records: list[dict]) -> None:
-        import soundfile as sf
+    def _build(self, records: list[dict], manifest_sha: str) -> dict:
+        """Stream every clip (as 44.1 kHz stereo) into the array file; nothing is held in memory."""
         from tqdm import tqdm
 
+        from pipelines.atomic_files import write_atomic
+        from pipelines.audio import load_audio
+
         self.array_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.array_path.with_suffix(".tmp")
-        offsets, lengths, ids = [], [], []
-        chunks = []
+        tmp = self.array_path.with_name(f".{self.array_path.name}.partial")
+        index: dict = {"manifest_sha256": manifest_sha, "offsets": [], "lengths": [], "ids": []}
         total = 0
-        for rec in tqdm(records, desc="caching clips", unit="clip", mininterval=2.0):
-            data, sr = sf.read(self.data_dir / rec["path"], dtype="int16", always_2d=True)
-            assert sr == 44100 and data.shape[1] == 2, f"corpus clip {rec['path']} is not 44.1 kHz stereo"
-            offsets.append(total)
-            lengths.append(len(data))
-            ids.append(rec["id"])
-            total += len(data)
-            chunks.append(data.T.copy())
-        arr = np.memmap(tmp, dtype=np.int16, mode="w+", shape=(2, total))
-        for off, chunk in zip(offsets, chunks):
-            arr[:, off : off + chunk.shape[1]] = chunk
-        arr.flush()
-        del arr
-        os.replace(tmp, self.array_path)
-        tmp_index = self.index_path.with_suffix(".tmp")
-        tmp_index.write_text(json.dumps({"offsets": offsets, "lengths": lengths, "ids": ids}))
-        os.replace(tmp_index, self.index_path)
+        try:
+            with open(tmp, "wb") as f:
+                for rec in tqdm(records, desc="caching clips", unit="clip", mininterval=2.0):
+                    audio = load_audio(self.data_dir / rec["path"], max_seconds=None)
+                    pcm = np.clip(np.round(audio.samples.T * 32768.0), -32768, 32767).astype(np.int16)
+                    f.write(pcm.tobytes())
+                    index["offsets"].append(total)
+                    index["lengths"].append(len(pcm))
+                    index["ids"].append(rec["id"])
+                    total += len(pcm)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.array_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_atomic(self.index_path, json.dumps(index))
+        return index
 
     def __len__(self) -> int:
         return len(self.offsets)
 
     def clip(self, i: int) -> np.ndarray:
         off, n = self.offsets[i], self.lengths[i]
-        return np.asarray(self.samples[:, off : off + n], dtype=np.float32) / 32768.0
+        return np.asarray(self.samples[off : off + n].T, dtype=np.float32) / 32768.0
 
     def crop(self, i: int, length: int, start_fraction: float) -> np.ndarray:
         """A [2, length] window of clip i (zero-padded when the clip is shorter)."""
         off, n = int(self.offsets[i]), int(self.lengths[i])
         start = int(start_fraction * max(n - length, 0))
         window = (
-            np.asarray(self.samples[:, off + start : off + min(n, start + length)], dtype=np.float32)
-            / 32768.0
+            np.asarray(self.samples[off + start : off + min(n, start + length)].T, dtype=np.float32) / 32768.0
         )
         if window.shape[1] < length:
             window = np.pad(window, ((0, 0), (0, length - window.shape[1])))
@@ -105,10 +116,25 @@ class CodecRecipe:
     name = "codec"
 
     def __init__(self, config: dict, data_dir: Path):
-        self.config = {**DEFAULTS, **(config or {})}
+        config = {k: v for k, v in (config or {}).items() if k != "seed"}  # the trainer adds its seed
+        unknown = sorted(set(config) - set(DEFAULTS))
+        if unknown:
+            raise BadInput(
+                f"Unknown codec recipe setting '{unknown[0]}'; known: {', '.join(sorted(DEFAULTS))}."
+            )
+        self.config = {**DEFAULTS, **config}
+        known = set(CodecConfig.__dataclass_fields__)
+        bad = sorted(set(self.config["codec"]) - known)
+        if bad:
+            raise BadInput(f"Unknown codec setting '{bad[0]}'; known: {', '.join(sorted(known))}.")
         self.codec_config = CodecConfig(**self.config["codec"])
         self.model = CodecModel(self.codec_config)
-        assert self.config["segment_samples"] % self.codec_config.latent_hop == 0
+        hop = self.codec_config.latent_hop
+        segment = self.config["segment_samples"]
+        if not (isinstance(segment, int) and segment >= 2 * hop and segment % hop == 0):
+            raise BadInput(
+                f"segment_samples must be a multiple of {hop} of at least {2 * hop} (got {segment})."
+            )
         self.data_dir = Path(data_dir)
         self._pool: AudioPool | None = None
 
@@ -148,10 +174,7 @@ class CodecRecipe:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
             out = model.decoder.trunk(z + sigma * torch.randn_like(z))
         mag, phase = model.decoder.spectrum(out)
-        spec = torch.view_as_complex(torch.stack([mag * torch.cos(phase), mag * torch.sin(phase)], dim=-1))
-        y = left_right(
-            overlap_add_istft(spec.transpose(1, 2), self.codec_config.n_fft, self.codec_config.hop)
-        )
+        y = model.decoder.synthesize(mag, phase)
         l_stft, l_mel = reconstruction_loss(y, wav)
         l_if, l_gd = phase_derivative_losses(phase, wav, self.codec_config)
         loss = (
@@ -196,13 +219,8 @@ def phase_derivative_losses(
     than magnitude losses on the re-analysed output alone (measured: spectral convergence stuck near 0.9
     without them). 1 - cos(difference) is smooth and blind to 2 pi wraps.
     """
-    b, _, n = wav.shape
     with torch.no_grad():
-        window = torch.hann_window(cfg.n_fft, device=wav.device)
-        true = torch.stft(
-            mid_side(wav).reshape(b * 2, n), cfg.n_fft, cfg.hop, window=window, return_complex=True
-        )
-        true = true.reshape(b, 2, cfg.bins, -1).permute(0, 3, 1, 2)  # [B, T, 2, bins] like `phase`
+        true = mid_side_stft(wav, cfg).permute(0, 3, 1, 2)  # [B, T, 2, bins] like `phase`
         true_phase = torch.angle(true)
         mag = true.abs()
         weight = mag / mag.amax(dim=(1, 3), keepdim=True).clamp(min=1e-5)  # per clip and channel, peak 1
@@ -219,15 +237,14 @@ def phase_derivative_losses(
 def latent_statistics(
     model: CodecModel, pool: AudioPool, max_clips: int = 400
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of raw latents over (up to) `max_clips` evenly spaced clips."""
+    """Per-channel mean and std of raw latents over (up to) `max_clips` evenly spaced clips, encoded
+    exactly as inference encodes (Codec.encode, bf16), with the normalisation still at identity."""
+    from pipelines.audio import Audio
+
+    assert torch.all(model.latent_mean == 0) and torch.all(model.latent_std == 1)
+    codec = Codec(model)
     picks = np.linspace(0, len(pool) - 1, min(max_clips, len(pool))).astype(int)
-    zs = []
-    for i in picks:
-        wav = torch.from_numpy(pool.clip(int(i)))[None]
-        hop = model.cfg.latent_hop
-        wav = torch.nn.functional.pad(wav, (0, (-wav.shape[-1]) % hop))
-        zs.append(model.encoder(wav)[0])
-    z = torch.cat(zs, dim=1)
+    z = torch.cat([codec.encode(Audio(pool.clip(int(i)), 44100)) for i in picks], dim=1)
     return z.mean(dim=1), z.std(dim=1)
 
 
@@ -236,6 +253,8 @@ def write_codec_bundle(model: CodecModel, pool: AudioPool, out_dir: Path, card: 
     from pipelines.bundle import save_bundle
 
     model = model.float().eval()
+    model.latent_mean.zero_()
+    model.latent_std.fill_(1.0)
     mean, std = latent_statistics(model, pool)
     model.latent_mean.copy_(mean)
     model.latent_std.copy_(std)

@@ -9,39 +9,45 @@ streams rendered clips straight into the cache.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
 
+from pipelines.atomic_files import write_atomic
 from pipelines.audio import Audio, load_audio
 from pipelines.bundle import bundle_hash
 from pipelines.codec import Codec, load_codec
 
 
 class LatentCacheWriter:
+    """Writes one latent file per clip; the cache folder and its index appear with the first clip."""
+
     def __init__(self, data_dir: Path, codec: Codec | None = None):
         self.codec = codec or load_codec()
         self.root = latent_root(Path(data_dir), self.codec)
+
+    def _ensure_index(self) -> None:
+        index = self.root / "index.json"
+        if index.is_file():
+            return
         self.root.mkdir(parents=True, exist_ok=True)
-        index = {
+        info = {
             "codec_bundle": str(self.codec.bundle_path),
             "codec_sha256": bundle_hash(self.codec.bundle_path),
             "latent_rate": self.codec.latent_rate,
             "channels": self.codec.channels,
         }
-        (self.root / "index.json").write_text(json.dumps(index, indent=2))
+        write_atomic(index, json.dumps(info, indent=2) + "\n")
 
     def has(self, clip_id: str) -> bool:
         return (self.root / f"{clip_id}.safetensors").exists()
 
     def add(self, clip_id: str, audio: Audio) -> Path:
+        self._ensure_index()
         z = self.codec.encode(audio).to(torch.float16).contiguous()
         path = self.root / f"{clip_id}.safetensors"
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_bytes(save({"z": z}, metadata={"seconds": f"{audio.seconds:.4f}"}))
-        os.replace(tmp, path)
+        write_atomic(path, save({"z": z}, metadata={"seconds": f"{audio.seconds:.4f}"}))
         return path
 
 

@@ -7,11 +7,20 @@ so training runs on machines without librosa.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
 RESOLUTIONS = (512, 1024, 2048)
 POWER_FLOOR = 1e-8  # -80 dB re full scale: below this, differences are inaudible and not counted
+
+
+DB_PER_NEPER = 10.0 / math.log(10.0)  # 10 log10(p) = DB_PER_NEPER * ln(p)
+
+
+def power_db(p: torch.Tensor) -> torch.Tensor:
+    """Power in dB, floored at POWER_FLOOR (-80 dB)."""
+    return 10.0 * torch.log10(p.clamp(min=POWER_FLOOR))
 
 
 def stft_power(x: torch.Tensor, n_fft: int, hop: int | None = None) -> torch.Tensor:
@@ -54,13 +63,8 @@ def reconstruction_loss(
         if n_fft == 2048:
             fb = mel_filterbank(sample_rate, 2048, 128).to(y.device)
             mel = (
-                (
-                    torch.log(torch.matmul(fb, py).clamp(min=POWER_FLOOR))
-                    - torch.log(torch.matmul(fb, px).clamp(min=POWER_FLOOR))
-                )
-                .abs()
-                .mean()
-            )
+                power_db(torch.matmul(fb, py)) - power_db(torch.matmul(fb, px))
+            ).abs().mean() / DB_PER_NEPER
     return total / len(RESOLUTIONS), mel
 
 
@@ -94,27 +98,12 @@ def mel_power(
     return torch.matmul(fb, stft_power(x, n_fft))
 
 
-def mel_l1(y: torch.Tensor, x: torch.Tensor, sample_rate: int = 44100) -> torch.Tensor:
-    """L1 between natural-log mel power spectra (the training loss term)."""
-    floor = POWER_FLOOR
-    return (
-        (
-            torch.log(mel_power(y, sample_rate).clamp(min=floor))
-            - torch.log(mel_power(x, sample_rate).clamp(min=floor))
-        )
-        .abs()
-        .mean()
-    )
-
-
 def mel_distance_db(y: torch.Tensor, x: torch.Tensor, sample_rate: int = 44100) -> float:
     """Mean absolute difference of 128-band mel power spectra in dB (floored at -80 dB)."""
-    db = lambda p: 10.0 * torch.log10(p.clamp(min=POWER_FLOOR))  # noqa: E731
-    return float((db(mel_power(y, sample_rate)) - db(mel_power(x, sample_rate))).abs().mean())
+    return float((power_db(mel_power(y, sample_rate)) - power_db(mel_power(x, sample_rate))).abs().mean())
 
 
 def lsd_db(y: torch.Tensor, x: torch.Tensor, n_fft: int = 2048) -> float:
     """Log-spectral distance in dB: per-frame RMS over bins of the dB power difference, averaged over frames."""
-    db = lambda p: 10.0 * torch.log10(p.clamp(min=POWER_FLOOR))  # noqa: E731
-    diff = db(stft_power(y, n_fft)) - db(stft_power(x, n_fft))
+    diff = power_db(stft_power(y, n_fft)) - power_db(stft_power(x, n_fft))
     return float(diff.square().mean(dim=-2).sqrt().mean())
