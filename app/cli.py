@@ -19,7 +19,6 @@ import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 PROG = "soundloom"
-RECIPE_NAMES = "codec, static, stage-adaptive, random-threshold, fixed-schedule, arc"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -122,14 +121,18 @@ def _output_dir(path: str, flag: str) -> Path:
 
 
 def _output_file(path: str, flag: str) -> Path:
-    """A file to write: not a folder, and its folder exists."""
+    """A file to write: not a folder; its folder is created when missing (a fresh clone has no .cache/)."""
     from pipelines.errors import BadInput
 
     p = Path(path)
     if p.is_dir():
         raise BadInput(f"'{p}' given to {flag} is a folder; give a file name.")
-    if not p.parent.is_dir():
-        raise BadInput(f"The folder '{p.parent}' for {flag} does not exist; create it first.")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(
+            f"Cannot create the folder '{p.parent}' for {flag} ({e.strerror or e}); pick another path."
+        ) from None
     return p
 
 
@@ -202,17 +205,10 @@ def _dataset_from_folder(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipelines.errors import BadInput
-
     data = _existing_dir(args.data, "--data")
     run = _output_dir(args.out, "--out")
     config = _existing_file(args.config, "--config") if args.config else None
     init = _existing_dir(args.init, "--init") if args.init else None
-
-    from training.recipes import RECIPES
-
-    if args.recipe not in RECIPES:
-        raise BadInput(f"There is no recipe '{args.recipe}'; choose one of {', '.join(sorted(RECIPES))}.")
     from training.trainer import parse_overrides, train
 
     path = train(
@@ -232,8 +228,8 @@ def _train(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.what != "codec":
         return _not_yet(f"bench {args.what}")(args)
-    json_out = _output_file(args.json, "--json") if args.json else None
     data = _existing_dir(args.data, "--data") if args.data else None
+    json_out = _output_file(args.json, "--json") if args.json else None
     from training.bench_codec import run
 
     run(json_out, data=data, model=args.model, update_card=args.update_card)  # prints its own table
@@ -312,6 +308,8 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from training.recipes import RECIPES  # a registry of lazy factories: no torch here
+
     parser = _Parser(prog=PROG, description="soundloom: a local-first generative audio workstation.")
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -438,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, metavar="DIR")
 
     p = verb("train", "train or fine-tune a model", _train)
-    p.add_argument("--recipe", required=True, help=f"one of {RECIPE_NAMES}, ...")
+    p.add_argument("--recipe", required=True, help=f"one of {', '.join(sorted(RECIPES))}")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="RUN")
     p.add_argument("--steps", type=_positive_int)

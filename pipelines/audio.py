@@ -6,8 +6,8 @@ Every file a user hands us enters through `load_audio` and every file we write l
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from pipelines.atomic_files import write_atomic
 from pipelines.errors import BadInput
 
 SAMPLE_RATE = 44100
@@ -188,22 +189,10 @@ def save_audio(audio: Audio, path: str | os.PathLike, *, bit_depth: int = 16) ->
     samples = audio.samples
     if subtype != "FLOAT":
         samples = np.clip(samples, -1.0, 1.0)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        sf.write(tmp, samples.T, audio.sample_rate, format=file_format, subtype=subtype)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    encoded = io.BytesIO()
+    sf.write(encoded, samples.T, audio.sample_rate, format=file_format, subtype=subtype)
+    write_atomic(path, encoded.getvalue())
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------- conversions

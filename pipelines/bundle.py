@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from pipelines.atomic_files import replace_folder, write_atomic
 from pipelines.errors import BadInput
 
 FORMAT_VERSION = 1
@@ -58,30 +59,7 @@ def update_card(path: Path | str, updates: dict) -> None:
     model_json = Path(path) / "model.json"
     meta = json.loads(model_json.read_text())
     meta.setdefault("card", {}).update(updates)
-    tmp = model_json.with_name(".model.json.partial")
-    write_bytes_synced(tmp, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
-    os.replace(tmp, model_json)
-
-
-def write_bytes_synced(path: Path, data: bytes) -> None:
-    """Write and fsync, so a rename that follows publishes complete data."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse to fsync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
+    write_atomic(model_json, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -129,19 +107,10 @@ def save_bundle(
             data = save_safetensors_bytes(
                 {k: _cast(t, dtype) for k, t in group.items()}, metadata={"format": "pt"}
             )
-            write_bytes_synced(tmp / f"{name}.safetensors", data)
+            (tmp / f"{name}.safetensors").write_bytes(data)
             meta["files"][name] = sha256_bytes(data)
-        write_bytes_synced(tmp / "model.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
-        fsync_dir(tmp)
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        fsync_dir(out_dir.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

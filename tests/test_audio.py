@@ -144,8 +144,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, signals):
     target.write_bytes(b"old contents")
 
     def broken_write(file, *args, **kwargs):
-        with open(file, "wb") as f:
-            f.write(b"half a file")
+        file.write(b"half a file")  # the encoder writes into memory; write_atomic publishes it
         raise OSError("disk full")
 
     monkeypatch.setattr(audio_mod.sf, "write", broken_write)

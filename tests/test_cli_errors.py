@@ -173,9 +173,10 @@ def test_bundle_export_missing_run(capsys, tmp_path):
     assert "--run does not exist" in assert_one_line_error(code, err)
 
 
-def test_bench_json_into_missing_folder(capsys, tmp_path):
-    code, _, err = run_main(capsys, "bench", "codec", "--json", tmp_path / "nowhere" / "b.json")
-    assert "does not exist" in assert_one_line_error(code, err)
+def test_bench_json_under_a_file_is_refused(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_main(capsys, "bench", "codec", "--json", tmp_path / "file" / "b.json")
+    assert "Cannot create the folder" in assert_one_line_error(code, err)
 
 
 @pytest.mark.parametrize(
@@ -196,7 +197,30 @@ def test_train_unknown_recipe(capsys, tmp_path):
     code, _, err = run_main(
         capsys, "train", "--recipe", "nosuch", "--data", tmp_path, "--out", tmp_path / "r"
     )
-    assert "There is no recipe 'nosuch'" in assert_one_line_error(code, err)
+    assert "There is no recipe 'nosuch'; choose one of: codec, toy." in assert_one_line_error(code, err)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("lr=abc", "lr must be a number, not 'abc'"),
+        ("steps=many", "steps must be a whole number"),
+        ("betas=5", "betas must be a list of two numbers"),
+        ("recipe..dim=4", "is not KEY=VALUE"),
+    ],
+)
+def test_train_bad_override(capsys, tmp_path, override, needle):
+    argv = ["train", "--recipe", "toy", "--data", tmp_path, "--out", tmp_path / "r", "--set", override]
+    code, _, err = run_main(capsys, *argv)
+    assert needle in assert_one_line_error(code, err)
+
+
+def test_train_help_lists_the_registered_recipes(capsys):
+    from training.recipes import RECIPES
+
+    code, out, _ = run_main(capsys, "train", "--help")
+    assert code == 0 and f"one of {', '.join(sorted(RECIPES))}" in " ".join(out.split())
 
 
 # ---------------------------------------------------------------- handlers reach the other modules (faked here)
@@ -240,6 +264,15 @@ def test_dataset_build_passes_arguments(capsys, monkeypatch, tmp_path):
     )
     assert code == 0, err
     assert calls == [(tmp_path / "c", 0.5, 3, None)]  # no --latents: nothing streams
+
+
+def test_bench_json_creates_its_folder(capsys, monkeypatch, tmp_path):
+    calls = []
+    fake_module(monkeypatch, "training.bench_codec", run=lambda json_out, **kw: calls.append(json_out))
+    target = tmp_path / ".cache" / "bench" / "codec.json"  # a fresh clone has no .cache/
+    code, _, err = run_main(capsys, "bench", "codec", "--json", target)
+    assert code == 0, err
+    assert calls == [target] and target.parent.is_dir()
 
 
 # ---------------------------------------------------------------- exit codes, warnings, help

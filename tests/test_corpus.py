@@ -14,6 +14,7 @@ from pipelines import analysis
 from pipelines.audio import Audio
 from pipelines.errors import BadInput
 from training import captions, corpus, synth
+from training.jsonl import read_jsonl
 from training.soundfonts import available_soundfonts
 
 SR = 44100
@@ -234,6 +235,46 @@ def test_read_manifest_errors(tmp_path):
     )
     with pytest.raises(BadInput, match="Unknown split"):
         corpus.read_manifest(tmp_path, split="dev")
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("[1, 2]", "Line 1 of .* is not a JSON object"),
+        ('"clip"', "Line 1 of .* is not a JSON object"),
+        (
+            '{"id": "a", "path": "a.flac"}',
+            "Record 1 of .* is not a clip record \\(it has no captions, split\\)",
+        ),
+        ('{"id": "a", "path": 3, "captions": [], "split": "val"}', "path that is not text"),
+        ('{"id": "a"', "Line 1 of .* is not valid JSON"),  # a finished manifest has no torn tail
+    ],
+)
+def test_manifest_lines_that_are_not_records(tmp_path, line, needle):
+    (tmp_path / "manifest.jsonl").write_text(line)
+    with pytest.raises(BadInput, match=needle):
+        corpus.read_manifest(tmp_path)
+
+
+def test_read_jsonl_drops_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3')
+    assert read_jsonl(path, tolerate_torn_tail=True) == [{"a": 1}, {"a": 2}]
+    with pytest.raises(BadInput, match="Line 4"):
+        read_jsonl(path, tolerate_torn_tail=False)
+    path.write_text('{"a": 1}\n{"a": 2\n{"a": 3}\n')  # damage in the middle is never a torn tail
+    with pytest.raises(BadInput, match="Line 2"):
+        read_jsonl(path, tolerate_torn_tail=True)
+    path.write_bytes(b'{"a": "\xff"}\n')
+    with pytest.raises(BadInput, match="not UTF-8"):
+        read_jsonl(path, tolerate_torn_tail=True)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_damaged_corpus_info_is_bad_input(tmp_path, text):
+    (tmp_path / "corpus.json").write_text(text)
+    with pytest.raises(BadInput, match="corpus.json' is damaged"):
+        corpus.build_corpus(tmp_path, hours=0.001, progress=False, workers=1)
 
 
 # ---------------------------------------------------------------- a user's folder

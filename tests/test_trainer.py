@@ -3,6 +3,7 @@ checkpoints, metrics stream, bundles in and out. Every run is a few dozen tiny s
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,13 +19,16 @@ from pipelines.bundle import load_bundle
 from pipelines.errors import BadInput
 from training.checkpoint import flatten_optimizer, read_checkpoint, unflatten_optimizer
 from training.trainer import (
+    RunFolder,
     TrainConfig,
     batch_indices,
     export_run,
     load_run_for_export,
     lr_at,
     parse_overrides,
+    resolve_config,
     train,
+    training_card,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +121,97 @@ def test_config_rejects_unknown_and_bad_settings(tmp_path):
         "recipe": {"dim": 16},
         "lr_schedule": "constant",
     }
+
+
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        ({"lr": "abc"}, "lr must be a number, not 'abc'"),
+        ({"steps": "ten"}, "steps must be a whole number"),
+        ({"steps": 1.5}, "steps must be a whole number, not 1.5"),
+        ({"steps": True}, "steps must be a whole number"),
+        ({"lr": float("nan")}, "lr must be a number"),
+        ({"betas": 5}, "betas must be a list of two numbers"),
+        ({"betas": [0.9]}, "betas must be a list of two numbers"),
+        ({"betas": [0.9, 1.5]}, "betas must be two numbers in"),
+        ({"autocast_bf16": "yes"}, "autocast_bf16 must be true or false"),
+        ({"lr_schedule": 3}, "lr_schedule must be text"),
+        ({"lr_schedule": "linear"}, "lr_schedule must be 'cosine' or 'constant'"),
+        ({"recipe": [1]}, "recipe must be a JSON object"),
+        ({"threads": "two"}, "threads must be a whole number"),
+    ],
+)
+def test_config_says_which_setting_has_the_wrong_type(settings, needle):
+    with pytest.raises(BadInput, match=re.escape(needle)) as caught:
+        TrainConfig.from_dict(settings)
+    assert str(caught.value).count(". ") == 0 and str(caught.value).endswith(".")  # one sentence
+
+
+def test_config_coerces_numeric_text_and_overrides():
+    config = TrainConfig.from_dict(
+        {"steps": "100", "lr": "2e-3", "betas": ["0.8", 0.9], "threads": None, "autocast_bf16": "true"}
+    )
+    assert config.steps == 100 and isinstance(config.steps, int) and config.lr == 0.002
+    assert config.betas == (0.8, 0.9) and config.threads is None and config.autocast_bf16 is True
+    assert TrainConfig.from_dict({"ckpt_every": 1e3}).ckpt_every == 1000
+    with pytest.raises(BadInput, match="lr must be a number, not 'abc'"):
+        TrainConfig.from_dict(parse_overrides(["lr=abc"]))
+    with pytest.raises(BadInput, match="betas must be a list"):
+        TrainConfig.from_dict(parse_overrides(["betas=5"]))
+
+
+def test_overrides_reach_into_nested_tables_and_merge(tmp_path):
+    assert parse_overrides(
+        ["recipe.codec.latent_dim=16", "recipe.codec.hop=256", "recipe.dim=4", "lr=1e-3"]
+    ) == {"recipe": {"codec": {"latent_dim": 16, "hop": 256}, "dim": 4}, "lr": 1e-3}
+    assert parse_overrides(['recipe={"a": 1, "b": {"c": 2}}', "recipe.b.d=3"]) == {
+        "recipe": {"a": 1, "b": {"c": 2, "d": 3}}
+    }
+    for bad in ("recipe..x=1", "=3", ".lr=1", "lr"):
+        with pytest.raises(BadInput, match="is not KEY=VALUE"):
+            parse_overrides([bad])
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"recipe": {"codec": {"latent_dim": 8, "hop": 512}, "dim": 2}}))
+    resolved = resolve_config(tmp_path, config, False, parse_overrides(["recipe.codec.hop=256"]), None)
+    assert resolved.recipe == {"codec": {"latent_dim": 8, "hop": 256}, "dim": 2}
+
+
+def test_nan_loss_says_to_lower_lr_and_resume(tmp_path, monkeypatch):
+    from training import toy_recipe
+
+    def nan_loss(self, step, indices, modules):
+        return modules["model"](torch.zeros(1, self.dim)).sum() * float("nan"), {}
+
+    monkeypatch.setattr(toy_recipe.ToyRecipe, "loss", nan_loss)
+    with pytest.raises(BadInput, match=re.escape("lower the learning rate (--set lr=...) and --resume.")):
+        train("toy", tmp_path, tmp_path / "run", config_path=write_config(tmp_path), progress=False)
+
+
+def test_unknown_recipe_writes_nothing(tmp_path):
+    with pytest.raises(BadInput, match="There is no recipe 'nosuch'; choose one of: codec, toy."):
+        train("nosuch", tmp_path, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_keep_metrics_until_drops_later_records_and_a_torn_tail(tmp_path):
+    run = RunFolder(tmp_path, writer=True)
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2, 3)]
+    run.metrics_path.write_text("\n".join(lines) + '\n{"step": 4, "lo')
+    run.keep_metrics_until(2)
+    assert run.metrics_path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+
+
+def test_training_card_holds_no_absolute_data_path(tmp_path):
+    config = write_config(tmp_path, steps=0)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere" / "corpus").mkdir(parents=True)
+    train("toy", tmp_path / "data", tmp_path / "runs" / "a", config_path=config, progress=False)
+    train("toy", tmp_path / "data", tmp_path / "b", config_path=config, progress=False)
+    train("toy", tmp_path / "elsewhere" / "corpus", tmp_path / "c", config_path=config, progress=False)
+    assert training_card(tmp_path / "runs" / "a")["data_dir"] == "data"  # the run's parent holds no data
+    assert training_card(tmp_path / "b")["data_dir"] == "data"
+    assert training_card(tmp_path / "c")["data_dir"] == "elsewhere/corpus"
+    assert training_card(tmp_path / "c")["config"]["steps"] == 0
 
 
 def test_optimizer_state_survives_flattening():

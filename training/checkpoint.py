@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from pipelines.bundle import fsync_dir, sha256_bytes, write_bytes_synced
+from pipelines.atomic_files import replace_folder
+from pipelines.bundle import sha256_bytes
 
 STEP_DIR = re.compile(r"^step_(\d{8,})$")
 FILES = ("modules", "ema", "optimizer")
@@ -96,20 +97,12 @@ def save_checkpoint(
         }
         sha = {}
         for name, data in payloads.items():
-            write_bytes_synced(tmp / f"{name}.safetensors", data)
+            (tmp / f"{name}.safetensors").write_bytes(data)
             sha[name] = sha256_bytes(data)
         meta = {**state, "step": step, "module_names": list(modules), "optimizer": opt_rest, "sha256": sha}
-        write_bytes_synced(tmp / "state.json", (json.dumps(meta, indent=1) + "\n").encode())
-        fsync_dir(tmp)
-        old = None
-        if final.exists():  # the same step saved again (e.g. a stop right after a periodic save)
-            old = root / f".old-{final.name}-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-        os.rename(tmp, final)
-        fsync_dir(root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
+        # the same step may be saved again (e.g. a stop right after a periodic save)
+        replace_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

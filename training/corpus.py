@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import re
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.atomic_files import write_atomic
 from pipelines.audio import (
     INPUT_FORMATS,
     SAMPLE_RATE,
@@ -45,6 +45,7 @@ from pipelines.audio import (
 )
 from pipelines.errors import BadInput
 from training import captions, synth
+from training.jsonl import read_jsonl
 from training.soundfonts import SoundFont, available_soundfonts, loaded_synth, render_notes
 
 MANIFEST = "manifest.jsonl"
@@ -61,6 +62,7 @@ COMMON_PARAMS = (
     "velocity",
 )
 CORPUS_INFO = "corpus.json"
+RECORD_KEYS = {"id", "path", "captions", "split"}  # what every manifest record must hold
 SPLITS = ("train", "val", "test")
 PROCEDURAL_LICENCE = "CC0-1.0 (generated procedurally by soundloom)"
 MIN_SECONDS, MAX_SECONDS = 1.0, 10.0
@@ -703,26 +705,6 @@ def plan_corpus(seed: int, hours: float, fonts: list[SoundFont]) -> list[ClipPla
     return plans
 
 
-def _read_records(path: Path) -> dict[str, dict]:
-    """Manifest records by id, ignoring a torn last line from an interrupted build."""
-    records = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            records[record["id"]] = record
-    return records
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def build_corpus(
     out: Path,
     hours: float = 10.0,
@@ -746,7 +728,7 @@ def build_corpus(
     (out / "audio").mkdir(parents=True, exist_ok=True)
     fonts = available_soundfonts()
     info_path = out / CORPUS_INFO
-    old = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    old = _read_corpus_info(info_path) if info_path.is_file() else {}
     if old:
         old_fonts = [f["name"] for f in old.get("soundfonts", [])]
         if old.get("seed") != seed or old_fonts != [f.name for f in fonts]:
@@ -765,12 +747,17 @@ def build_corpus(
         "soundfonts": font_info,
         "state": "building",
     }
-    _write_atomic(info_path, json.dumps(info, indent=2) + "\n")
+    write_atomic(info_path, json.dumps(info, indent=2) + "\n")
 
     plans = plan_corpus(seed, hours, fonts)
     _warm_up(fonts)
     manifest_path = out / MANIFEST
-    done = {i: r for i, r in _read_records(manifest_path).items() if (out / r["path"]).is_file()}
+    done = {}
+    if manifest_path.is_file():  # an interrupted build: keep the clips it finished
+        records = _clip_records(manifest_path, tolerate_torn_tail=True)
+        done = {r["id"]: r for r in records if (out / r["path"]).is_file()}
+    # rewritten before appending, so a line torn by the kill cannot run into the next record
+    write_atomic(manifest_path, "".join(json.dumps(r) + "\n" for r in done.values()))
     todo = [p for p in plans if p.id not in done]
     workers = workers or min(2, os.cpu_count() or 1)
     rendered_clips, rendered_seconds = 0, 0.0
@@ -813,7 +800,7 @@ def build_corpus(
     elapsed = time.perf_counter() - started
 
     records = [done[p.id] for p in plans]
-    _write_atomic(manifest_path, "".join(json.dumps(r) + "\n" for r in records))
+    write_atomic(manifest_path, "".join(json.dumps(r) + "\n" for r in records))
     speed = rendered_seconds / elapsed if rendered_seconds else None
     info.update(state="done", counts=corpus_counts(records))
     if speed is not None:  # a rerun that found everything written keeps the build's own figures
@@ -827,7 +814,7 @@ def build_corpus(
         info.update(
             {k: old[k] for k in ("build_seconds", "rendered_seconds", "x_realtime", "workers") if k in old}
         )
-    _write_atomic(info_path, json.dumps(info, indent=2) + "\n")
+    write_atomic(info_path, json.dumps(info, indent=2) + "\n")
     if progress:
         speed_text = f"{speed:.0f}x real time" if speed else "nothing new to render"
         print(
@@ -874,21 +861,37 @@ def read_manifest(directory: Path, split: str | None = None) -> list[dict]:
         raise BadInput(
             f"No {MANIFEST} in '{directory}'; make a corpus there with `soundloom dataset build --out {directory}`."
         )
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
+    records = _clip_records(path, tolerate_torn_tail=False)
+    return [r for r in records if split is None or r["split"] == split]
+
+
+def _clip_records(path: Path, *, tolerate_torn_tail: bool) -> list[dict]:
+    """The records of a manifest file, each checked to be a clip record."""
+    records = read_jsonl(path, tolerate_torn_tail=tolerate_torn_tail)
+    for number, record in enumerate(records, start=1):
+        missing = sorted(RECORD_KEYS - record.keys())
+        if missing:
             raise BadInput(
-                f"Line {number} of '{path}' is not valid JSON; rebuild or repair the corpus."
-            ) from e
-        if not isinstance(record, dict) or not {"id", "path", "captions", "split"} <= record.keys():
-            raise BadInput(f"Line {number} of '{path}' is not a clip record; rebuild or repair the corpus.")
-        if split is None or record["split"] == split:
-            records.append(record)
+                f"Record {number} of '{path}' is not a clip record (it has no {', '.join(missing)}); "
+                "rebuild or repair the corpus."
+            )
+        if not isinstance(record["path"], str):
+            raise BadInput(
+                f"Record {number} of '{path}' has a path that is not text; rebuild or repair the corpus."
+            )
     return records
+
+
+def _read_corpus_info(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        raise BadInput(
+            f"'{path}' is damaged (not a JSON object); build into a new folder, or delete this one and build again."
+        )
+    return info
 
 
 # ---------------------------------------------------------------- a user's folder
@@ -918,13 +921,8 @@ def _table_captions(src: Path) -> dict[str, list[str]]:
             for row in csv.DictReader(f):
                 add(row)
     for path in sorted(src.rglob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                add(row)
+        for row in read_jsonl(path, tolerate_torn_tail=False):
+            add(row)
     return table
 
 
@@ -1006,15 +1004,15 @@ def from_folder(src: Path, out: Path) -> Path:
                 "params": params,
             }
         )
-    _write_atomic(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in records))
-    _write_atomic(out / "skipped.txt", "".join(line + "\n" for line in skipped))
+    write_atomic(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in records))
+    write_atomic(out / "skipped.txt", "".join(line + "\n" for line in skipped))
     info = {
         "format_version": 1,
         "source": str(src),
         "counts": corpus_counts(records),
         "skipped": len(skipped),
     }
-    _write_atomic(out / CORPUS_INFO, json.dumps(info, indent=2) + "\n")
+    write_atomic(out / CORPUS_INFO, json.dumps(info, indent=2) + "\n")
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s); see {out / 'skipped.txt'}", file=sys.stderr)
     return out

@@ -1,26 +1,24 @@
-"""The recipe registry, the Recipe protocol every recipe follows, and the tiny `toy` recipe for tests.
+"""The recipe registry and the Recipe protocol every recipe follows (`toy` lives in training/toy_recipe.py).
 
 A recipe says what is trained (`modules`), on how many examples (`dataset_size`) and how a batch of
 example indices becomes a loss; the trainer owns everything else (optimizer, schedule, EMA,
 checkpoints, metrics, control). `RECIPES[name](recipe_config, data_dir)` builds one; the trainer
 passes the `recipe` table of the training config with `seed` added, under a fixed torch seed, so
-module initialisation is a function of the seed.
+module initialisation is a function of the seed. Every recipe module is imported only when used,
+so this registry stays free of torch and `soundloom --help` can list the names quickly.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
-import math
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
-from torch import Tensor, nn
+from pipelines.errors import BadInput
 
-from pipelines.bundle import save_bundle
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 
 class Recipe(Protocol):
@@ -53,67 +51,14 @@ def _lazy(module: str, attr: str) -> Callable[[dict, Path], Recipe]:
     return make
 
 
-class ToyRecipe:
-    """A small MLP regressing a fixed random function; example i's data is a pure function of i (for tests).
-
-    Config: dim, hidden, size (examples), noise (input noise from the per-step RNG), data_seed, and
-    step_delay_s (sleep in every loss, so tests can catch a run mid-flight).
-    """
-
-    name = "toy"
-
-    def __init__(self, config: dict, data_dir: Path):
-        self.dim = int(config.get("dim", 8))
-        self.hidden = int(config.get("hidden", 32))
-        self.size = int(config.get("size", 256))
-        self.noise = float(config.get("noise", 0.05))
-        self.step_delay_s = float(config.get("step_delay_s", 0.0))
-        self.data_seed = int(config.get("data_seed", 1234))
-        self.config = {"dim": self.dim, "hidden": self.hidden}
-        teacher = torch.Generator().manual_seed(self.data_seed)
-        self.teacher = torch.randn(self.dim, self.dim, generator=teacher) / math.sqrt(self.dim)
-        self.model = nn.Sequential(
-            nn.Linear(self.dim, self.hidden),
-            nn.LayerNorm(self.hidden),
-            nn.GELU(),
-            nn.Linear(self.hidden, self.dim),
-        )
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {"model": self.model}
-
-    def dataset_size(self) -> int:
-        return self.size
-
-    def example(self, index: int) -> tuple[Tensor, Tensor]:
-        g = torch.Generator().manual_seed(self.data_seed * 1_000_003 + index)
-        x = torch.randn(self.dim, generator=g)
-        return x, torch.sin(2.0 * x @ self.teacher)
-
-    def loss(
-        self, step: int, indices: list[int], modules: dict[str, nn.Module]
-    ) -> tuple[Tensor, dict[str, float]]:
-        if self.step_delay_s:
-            time.sleep(self.step_delay_s)
-        x, y = (torch.stack(t) for t in zip(*(self.example(i) for i in indices)))
-        x = x + self.noise * torch.randn_like(x)
-        pred = modules["model"](x).float()
-        loss = torch.nn.functional.mse_loss(pred, y)
-        return loss, {"mae": float((pred - y).abs().mean().detach())}
-
-    def preview(self, step: int, modules: dict[str, nn.Module], out_dir: Path) -> None:
-        x, y = self.example(0)
-        pred = modules["model"](x[None])[0]
-        (out_dir / "preview.json").write_text(
-            json.dumps({"step": step, "pred": pred.tolist(), "target": y.tolist()})
-        )
-
-    def export(self, modules: dict[str, nn.Module], out_dir: Path, card: dict | None = None) -> None:
-        tensors = {"model": modules["model"].state_dict()}
-        save_bundle(out_dir, self.config, tensors, dtype=torch.float32, kind="toy", card=card)
-
-
 RECIPES: dict[str, Callable[[dict, Path], Recipe]] = {
-    "toy": ToyRecipe,
+    "toy": _lazy("training.toy_recipe", "ToyRecipe"),
     "codec": _lazy("training.codec_recipe", "CodecRecipe"),
 }
+
+
+def recipe_factory(name: str) -> Callable[[dict, Path], Recipe]:
+    """The factory registered as `name`; BadInput listing the recipes when there is none."""
+    if name not in RECIPES:
+        raise BadInput(f"There is no recipe '{name}'; choose one of: {', '.join(sorted(RECIPES))}.")
+    return RECIPES[name]

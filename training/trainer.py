@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipelines.atomic_files import write_atomic
 from pipelines.bundle import Bundle, load_bundle
 from pipelines.errors import BadInput
 from training.checkpoint import (
@@ -49,7 +50,8 @@ from training.checkpoint import (
     set_aside_newer,
     split_modules,
 )
-from training.recipes import RECIPES, Recipe
+from training.jsonl import read_jsonl
+from training.recipes import Recipe, recipe_factory
 
 __all__ = [
     "TrainConfig",
@@ -99,13 +101,13 @@ class TrainConfig:
             raise BadInput(
                 f"Unknown setting '{unknown[0]}' in {source}; known settings: {', '.join(sorted(known))}."
             )
-        config = cls(**{k: v for k, v in data.items() if k in known})
-        config.betas = tuple(float(b) for b in config.betas)
+        types = {f.name: f.type for f in fields(cls)}
+        config = cls(**{k: _coerce(k, v, types[k], source) for k, v in data.items() if k in known})
         checks = [
             (config.steps >= 0, "steps must be 0 or more"),
             (config.batch_size >= 1, "batch_size must be at least 1"),
             (config.lr > 0, "lr must be positive"),
-            (len(config.betas) == 2, "betas must be two numbers"),
+            (all(0.0 <= b < 1.0 for b in config.betas), "betas must be two numbers in [0, 1)"),
             (config.warmup_steps >= 0, "warmup_steps must be 0 or more"),
             (config.lr_schedule in ("cosine", "constant"), "lr_schedule must be 'cosine' or 'constant'"),
             (0.0 <= config.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
@@ -114,7 +116,6 @@ class TrainConfig:
             (config.preview_every >= 0, "preview_every must be 0 or more"),
             (config.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (config.threads is None or config.threads >= 1, "threads must be at least 1"),
-            (isinstance(config.recipe, dict), "recipe must be a JSON object"),
         ]
         for ok, message in checks:
             if not ok:
@@ -123,6 +124,61 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _coerce(name: str, value, kind: str, source: str):
+    """`value` as the type TrainConfig declares for `name` (numeric text counts); BadInput if it is not one."""
+    optional = kind.endswith(" | None")
+    kind = kind.removesuffix(" | None")
+    if value is None and optional:
+        return None
+    if kind == "int":
+        number = _number(value)
+        if number is not None and number == int(number):
+            return int(number)
+        wanted = "a whole number"
+    elif kind == "float":
+        number = _number(value)
+        if number is not None:
+            return float(number)
+        wanted = "a number"
+    elif kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        wanted = "true or false"
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+        wanted = "text"
+    elif kind == "dict":
+        if isinstance(value, dict):
+            return value
+        wanted = "a JSON object"
+    else:
+        assert kind == "tuple[float, float]", f"TrainConfig.{name} has a type _coerce does not know: {kind}"
+        pair = [_number(v) for v in value] if isinstance(value, (list, tuple)) else []
+        if len(pair) == 2 and None not in pair:
+            return (float(pair[0]), float(pair[1]))
+        wanted = "a list of two numbers like [0.9, 0.99]"
+    shown = json.dumps(value) if not isinstance(value, str) else f"'{value}'"
+    raise BadInput(f"In {source}, {name} must be {wanted}, not {shown}.")
+
+
+def _number(value) -> float | None:
+    """A finite int or float from a number or numeric text; None for anything else (bools included)."""
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            try:
+                value = float(value)
+            except ValueError:
+                return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
 
 
 def read_json_file(path: Path, what: str) -> dict:
@@ -138,28 +194,34 @@ def read_json_file(path: Path, what: str) -> dict:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """`["lr=1e-3", "recipe.dim=16"]` -> `{"lr": 0.001, "recipe": {"dim": 16}}` (values parsed as JSON when they can be)."""
+    """`["lr=1e-3", "recipe.codec.dim=16"]` -> `{"lr": 0.001, "recipe": {"codec": {"dim": 16}}}`.
+
+    Values are parsed as JSON when they can be and kept as text otherwise; later pairs win, and
+    tables (dicts) are merged key by key.
+    """
     out: dict = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or not key:
+        path = key.strip().split(".")
+        if not sep or not all(path):
             raise BadInput(f"The override '{pair}' is not KEY=VALUE; write it like lr=1e-3 or recipe.dim=16.")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        head, _, sub = key.partition(".")
-        if sub:
-            out.setdefault(head, {})[sub] = value
-        else:
-            out[head] = value
+        for name in reversed(path):
+            value = {name: value}
+        out = _merge(out, value)
     return out
 
 
 def _merge(base: dict, extra: dict) -> dict:
-    merged = {**base, **extra}
-    if isinstance(base.get("recipe"), dict) and isinstance(extra.get("recipe"), dict):
-        merged["recipe"] = {**base["recipe"], **extra["recipe"]}
+    """`extra` over `base`, recursing where both hold a table, so a nested setting keeps its siblings."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(merged.get(key), dict) and isinstance(value, dict):
+            value = _merge(merged[key], value)
+        merged[key] = value
     return merged
 
 
@@ -253,12 +315,6 @@ def ema_copies(modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module
 # ---------------------------------------------------------------- run folder I/O
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 class RunFolder:
     """The run folder's files; every write is skipped unless `writer` (rank 0)."""
 
@@ -275,7 +331,7 @@ class RunFolder:
 
     def write_json(self, name: str, data: dict) -> None:
         if self.writer:
-            write_json_atomic(self.path / name, data)
+            write_atomic(self.path / name, json.dumps(data, indent=1) + "\n")
 
     def clear_control(self) -> None:
         """Forget commands meant for an earlier process (a stale "stop" would end this run at once)."""
@@ -303,17 +359,9 @@ class RunFolder:
         """Drop records past `step` (and a line cut short by a kill) before a resumed run logs them again."""
         if not self.writer or not self.metrics_path.exists():
             return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and record.get("step", 0) <= step:
-                kept.append(line)
-        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
+        records = read_jsonl(self.metrics_path, tolerate_torn_tail=True)
+        kept = [r for r in records if r.get("step", 0) <= step]
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, record: dict) -> None:
         if not self.writer:
@@ -360,21 +408,27 @@ def resolve_config(
 ) -> TrainConfig:
     """Defaults < the run's config.json (when resuming) < --config FILE < overrides < steps."""
     data: dict = {}
+    sources = []  # named in error messages, since a bad value may come from any of them
     if resume and (run_dir / "config.json").is_file():
         data = read_json_file(run_dir / "config.json", "run config")
+        sources.append(str(run_dir / "config.json"))
     if config_path is not None:
         data = _merge(data, read_json_file(config_path, "training config"))
-    data = _merge(data, overrides or {})
+        sources.append(str(config_path))
+    if overrides:
+        data = _merge(data, overrides)
+        sources.append("--set")
     if steps is not None:
         data["steps"] = steps
-    return TrainConfig.from_dict(data, str(config_path) if config_path else "the training config")
+    return TrainConfig.from_dict(
+        data, f"the training config ({', '.join(sources)})" if sources else "the training config"
+    )
 
 
 def build_recipe(recipe_name: str, config: TrainConfig, data_dir: Path) -> Recipe:
-    if recipe_name not in RECIPES:
-        raise BadInput(f"There is no recipe '{recipe_name}'; choose one of: {', '.join(sorted(RECIPES))}.")
+    make = recipe_factory(recipe_name)
     seed_everything(_mix("init", config.seed))  # module initialisation is a function of the seed
-    return RECIPES[recipe_name]({"seed": config.seed, **config.recipe}, Path(data_dir))
+    return make({"seed": config.seed, **config.recipe}, Path(data_dir))
 
 
 def init_from_bundle(bundle_path: Path, recipe: Recipe, modules: dict[str, torch.nn.Module]) -> None:
@@ -414,6 +468,7 @@ def train(
     SIGTERM/SIGINT. `on_metrics` receives every metrics record in-process (rank 0).
     """
     assert 0 <= rank < world_size
+    recipe_factory(recipe_name)  # an unknown name fails before anything is written
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     config = resolve_config(run_dir, Path(config_path) if config_path else None, resume, overrides, steps)
     run = RunFolder(run_dir, writer=rank == 0)
@@ -572,8 +627,10 @@ def train(
                     loss, info = recipe.loss(step, indices, modules)
                 loss_value = float(loss.detach().float())
                 if not math.isfinite(loss_value):
+                    # randomness is a pure function of the step, so resuming as is would replay this step
                     raise BadInput(
-                        f"The loss became {loss_value} at step {step}; lower the learning rate or resume from an earlier checkpoint."
+                        f"The loss became {loss_value} at step {step}; "
+                        "lower the learning rate (--set lr=...) and --resume."
                     )
                 loss.backward()
                 clip = config.grad_clip if config.grad_clip > 0 else float("inf")
@@ -658,19 +715,29 @@ def training_card(run_dir: Path) -> dict:
         status = read_json_file(run_dir / "status.json", "run status")
     last = None
     if (run_dir / "metrics.jsonl").is_file():
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            try:
-                last = json.loads(line)
-            except json.JSONDecodeError:
-                pass
+        records = read_jsonl(run_dir / "metrics.jsonl", tolerate_torn_tail=True)
+        last = records[-1] if records else None
     return {
         "recipe": record.get("recipe_name"),
-        "data_dir": record.get("data_dir"),
+        "data_dir": _shareable_data_dir(record.get("data_dir"), run_dir),
         "config": {k: v for k, v in record.items() if k not in RUN_RECORD_KEYS},
         "steps": status.get("step"),
         "wall_time_s": status.get("elapsed_s"),
         "final_metrics": last,
     }
+
+
+def _shareable_data_dir(data_dir: str | None, run_dir: Path) -> str | None:
+    """The data folder relative to the run folder's parent when it lies below it, else its name alone.
+
+    A card ships inside bundles, so it must not carry this machine's absolute paths.
+    """
+    if not data_dir:
+        return None
+    relative = Path(os.path.relpath(data_dir, run_dir.resolve().parent))
+    if relative.parts and relative.parts[0] != "..":
+        return relative.as_posix()
+    return Path(data_dir).name
 
 
 @dataclass
