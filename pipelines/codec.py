@@ -124,7 +124,7 @@ class Decoder(nn.Module):
         h = self.up(self.latent(self.inp(z)))
         h = F.pad(h, (0, 1), mode="replicate")  # centred STFT of N samples has N / hop + 1 frames
         h = self.norm(self.frames(h).transpose(1, 2))
-        return self.head(h)
+        return self.head(h.to(self.head.weight.dtype))
 
     def spectrum(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Head output -> (magnitude, phase), each [B, T, 2 (mid, side), bins], in float32."""
@@ -205,7 +205,11 @@ class Codec:
         self.bf16 = bf16
         self.bundle_path = bundle_path
         # A bf16 copy of the decoder: AMX matmuls without autocast re-casting the weights on every call.
-        self.decoder = copy.deepcopy(model.decoder).to(torch.bfloat16) if bf16 else model.decoder
+        # The head stays float32: it emits phase angles, which bf16 would quantise (0.25 rad steps past 32).
+        self.decoder = model.decoder
+        if bf16:
+            self.decoder = copy.deepcopy(model.decoder).to(torch.bfloat16)
+            self.decoder.head.float()
 
     @property
     def latent_rate(self) -> float:

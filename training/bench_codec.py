@@ -152,17 +152,13 @@ def spectrogram_png(rows: list[tuple[str, Audio]], path: Path, title: str) -> No
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 2.4 * len(rows)), sharex=True)
     for ax, (label, audio) in zip(np.atleast_1d(axes), rows):
         power = stft_power(torch.from_numpy(audio.samples.mean(axis=0)), 2048, 256)
-        db = power_db(power) - power_db(power.max())
-        ax.imshow(
-            db.numpy(),
-            origin="lower",
-            aspect="auto",
-            vmin=-80,
-            vmax=0,
-            cmap="magma",
-            extent=[0, audio.seconds, 0, audio.sample_rate / 2000],
-        )
-        ax.set_ylabel("kHz")
+        db = (power_db(power) - power_db(power.max())).numpy()
+        freqs = np.linspace(0, audio.sample_rate / 2, db.shape[0])
+        times = np.arange(db.shape[1]) * 256 / audio.sample_rate
+        keep = freqs >= 30.0  # log-frequency axis from 30 Hz: harmonics stay readable
+        ax.pcolormesh(times, freqs[keep], db[keep], vmin=-80, vmax=0, cmap="magma", shading="auto")
+        ax.set_yscale("log")
+        ax.set_ylabel("Hz")
         ax.set_title(label, fontsize=9)
     np.atleast_1d(axes)[-1].set_xlabel("seconds")
     fig.suptitle(title)
