@@ -324,3 +324,14 @@ def test_captions_read_like_people_write():
     for plan in corpus.plan_corpus(1, 0.3, FONTS):
         texts = captions.captions_for(plan.params, plan.seconds, 1500.0, np.random.default_rng(0))
         assert len(set(texts)) >= 3 and all("None" not in t and "  " not in t for t in texts), texts
+
+
+def test_name_words_read_sample_library_names():
+    from training.captions import name_words
+
+    assert name_words("Audiophob/101450__menegass__tomh.wav") == ["tom drum"]
+    assert name_words("104227__minorr__hhat-paiste-302-14-open-p.wav") == ["hi-hat"]
+    assert name_words("Kicks/BD_hard.wav") == ["kick drum"]
+    assert name_words("SnareRoll.flac") == ["snare drum"]
+    assert name_words("122557__anillogic__trimo-c3.wav") == []  # 'rim' inside a word is not a rimshot
+    assert name_words("take3.wav") == []

@@ -7,6 +7,8 @@ the same sound. Words for measurements (brightness, loudness) come from `pipelin
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from pipelines.analysis import NOTE_NAMES, brightness_word
@@ -67,6 +69,33 @@ PLURAL_NAMES = {
 SUSTAINING = (
     set(range(16, 24)) | set(range(40, 45)) | set(range(48, 55)) | set(range(56, 96)) | {109, 110, 111}
 )
+
+
+# Words sample libraries put in file and folder names, and what a caption should say for them.
+# Keys of 3+ letters match at the start or end of a name token ("tomh" -> tom, "hhat" -> hi-hat, but not
+# "trimo" -> rim); shorter ones must be the whole token ("bd", "sd").
+NAME_WORDS = {
+    "kick": "kick drum", "bd": "kick drum", "snare": "snare drum", "sd": "snare drum",
+    "hihat": "hi-hat", "hat": "hi-hat", "hh": "hi-hat", "tom": "tom drum", "crash": "crash cymbal",
+    "ride": "ride cymbal", "cymbal": "cymbal", "clap": "hand clap", "rim": "rimshot", "shaker": "shaker",
+    "cowbell": "cowbell", "tamb": "tambourine", "conga": "conga", "bongo": "bongo", "perc": "percussion",
+    "bass": "bass", "piano": "piano", "guitar": "guitar", "synth": "synth", "pad": "pad", "lead": "lead",
+    "pluck": "pluck", "string": "strings", "vox": "vocal", "vocal": "vocal", "voice": "voice",
+    "riser": "riser", "impact": "impact", "whoosh": "whoosh", "drone": "drone", "loop": "loop",
+    "fx": "sound effect", "foley": "foley",
+}  # fmt: skip
+
+
+def name_words(path: str) -> list[str]:
+    """Caption words found in a file's name and folders, e.g. 'Kicks/BD_hard.wav' -> ['kick drum']."""
+    tokens = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", path.rsplit(".", 1)[0]).lower())
+    found: list[str] = []
+    for token in tokens:
+        for key, word in NAME_WORDS.items():
+            hit = token == key or (len(key) >= 3 and (token.startswith(key) or token.endswith(key)))
+            if hit and word not in found:
+                found.append(word)
+    return found
 
 
 def instrument_name(program: int) -> str:

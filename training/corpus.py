@@ -926,15 +926,16 @@ def _table_captions(src: Path) -> dict[str, list[str]]:
     return table
 
 
-def _auto_captions(audio: Audio) -> tuple[list[str], dict]:
-    """Caption words measured on (at most the first AUTO_CAPTION_SECONDS of) the clip."""
+def _auto_captions(audio: Audio, relative: str) -> tuple[list[str], dict]:
+    """Caption words from the file's name and folders plus words measured on (at most the first
+    AUTO_CAPTION_SECONDS of) the clip, e.g. 'tom drum, short hits, loud, 0.18s'."""
     from dataclasses import replace
 
     from pipelines.analysis import analyze_clip
 
     head = Audio(audio.samples[:, : int(AUTO_CAPTION_SECONDS * audio.sample_rate)], audio.sample_rate)
     clip = replace(analyze_clip(head), seconds=audio.seconds)
-    words = clip.describe()
+    words = ", ".join([*captions.name_words(relative), clip.describe()])
     measured = {
         "f0_hz": clip.f0_hz,
         "note": clip.note,
@@ -982,7 +983,7 @@ def from_folder(src: Path, out: Path) -> Path:
         if texts:
             caption_source = "sidecar" if sidecar.is_file() else "table"
         else:
-            texts, measured = _auto_captions(audio)
+            texts, measured = _auto_captions(audio, relative)
             params.update(measured)
             caption_source = "analysis"
         params["caption_source"] = caption_source
