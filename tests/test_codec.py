@@ -151,6 +151,7 @@ def test_codec_recipe_learns(tmp_path):
     codec = load_codec(bundle)
     meta = json.loads((bundle / "model.json").read_text())
     assert meta["kind"] == "codec" and meta["card"]["steps"] == 30
+    assert meta["card"]["data"]["folder"] == "corpus"  # no corpus.json: the card names the user folder
     # export measured the latent statistics: normalised train latents have mean 0 and std 1 per channel
     z = torch.cat(
         [
@@ -223,6 +224,11 @@ def test_codec_run_killed_and_resumed_matches_uninterrupted(tmp_path):
 
 
 @pytest.mark.skipif(not (default_codec_path() / "model.json").exists(), reason="no bundled codec yet")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect of the bundled codec (issue 2, open): it smears harmonics into a static comb, "
+    "so a 440 Hz tone comes back peaking at ~344 Hz; strict, so a fixed codec turns this red until unmarked",
+)
 def test_bundled_codec_keeps_a_tone():
     """The bundled codec reproduces a 440 Hz harmonic tone: same spectral peak, loudness within 1.5 dB."""
     from pipelines.audio import loudness_lufs
@@ -240,3 +246,45 @@ def test_bundled_codec_keeps_a_tone():
     assert abs(freqs[spec.argmax()] - 440) < 3
     assert abs(loudness_lufs(y) - loudness_lufs(audio)) < 1.5
     assert float(mrstft_distance(torch.from_numpy(y.samples), torch.from_numpy(audio.samples))) < 1.0
+
+
+def click_train() -> tuple[Audio, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = np.zeros(int(44100 * 3.0), np.float32)
+    clicks = np.arange(0.25, 2.9, 0.5)
+    for t in clicks:
+        i = int(t * 44100)
+        x[i : i + 2205] += (rng.standard_normal(2205) * np.exp(-np.arange(2205) / 300)).astype(
+            np.float32
+        ) * 0.5
+    return Audio(np.stack([x, x]), 44100), clicks
+
+
+@pytest.mark.skipif(not (default_codec_path() / "model.json").exists(), reason="no bundled codec yet")
+def test_bundled_codec_keeps_onset_timing():
+    """What the bundled codec does keep: a click train's onsets, within 12 ms."""
+    from pipelines.codec import load_codec
+
+    audio, clicks = click_train()
+    y = load_codec().roundtrip(audio)
+    hop = 128
+    env = np.sqrt(np.convolve(y.samples.mean(0) ** 2, np.ones(hop) / hop, mode="same"))[::hop]
+    rise = np.diff(env)
+    found = []
+    for t in clicks:  # the steepest rise of the envelope near each click
+        lo, hi = int((t - 0.1) * 44100 / hop), int((t + 0.1) * 44100 / hop)
+        found.append((lo + int(np.argmax(rise[lo:hi]))) * hop / 44100)
+    assert np.max(np.abs(np.array(found) - clicks)) < 0.012, (found, clicks)
+
+
+@pytest.mark.skipif(not (default_codec_path() / "model.json").exists(), reason="no bundled codec yet")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect of the bundled codec (issue 2, open): short transients come back ~7 LU quieter",
+)
+def test_bundled_codec_keeps_transient_loudness():
+    from pipelines.audio import loudness_lufs
+    from pipelines.codec import load_codec
+
+    audio, _ = click_train()
+    assert abs(loudness_lufs(load_codec().roundtrip(audio)) - loudness_lufs(audio)) < 2.0

@@ -326,7 +326,9 @@ def print_table(report: dict) -> None:
                 f"{s[f'{system}.lsd_db']:>8.2f}"
             )
         if s.get("mrstft_improvement_vs_gl") is not None:
+            gain = 100 * s["mrstft_improvement_vs_gl"]
+            verdict = f"{gain:.1f}% lower" if gain >= 0 else f"{-gain:.1f}% higher"
             print(
-                f"{set_name:<12} codec vs GL: MR-STFT {100 * s['mrstft_improvement_vs_gl']:.1f}% better, "
+                f"{set_name:<12} codec vs GL: MR-STFT {verdict}, "
                 f"beats GL on every metric: {s['codec_beats_gl_on_every_metric']}"
             )

@@ -205,7 +205,16 @@ class CodecRecipe:
     def export(
         self, modules_ema: dict[str, torch.nn.Module], out_dir: Path, card: dict | None = None
     ) -> None:
-        write_codec_bundle(modules_ema["codec"], self.pool, out_dir, card=card or {})
+        card = {**(card or {}), "data": corpus_card(self.data_dir)}
+        write_codec_bundle(modules_ema["codec"], self.pool, out_dir, card=card)
+
+
+def corpus_card(data_dir: Path) -> dict:
+    """What a card says about its data: the corpus record (seed, SoundFonts with sha256 and licence, counts)."""
+    info = Path(data_dir) / "corpus.json"
+    if info.is_file():
+        return json.loads(info.read_text())
+    return {"folder": Path(data_dir).name, "source": "a user folder (see its manifest for provenance)"}
 
 
 def phase_derivative_losses(
