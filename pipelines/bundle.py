@@ -41,15 +41,7 @@ def bundle_hash(path: Path | str) -> str:
     The card (data, recipe, eval figures) is documentation and is left out, so adding eval figures to
     a card after export does not invalidate the bundles that reference this one.
     """
-    model_json = Path(path) / "model.json"
-    if not model_json.is_file():
-        raise BadInput(
-            f"No model bundle at {path} (model.json is missing); pass the folder of an exported bundle."
-        )
-    try:
-        meta = json.loads(model_json.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadInput(f"{model_json} is not valid JSON; copy the bundle again or re-export it.") from None
+    meta = read_model_json(Path(path))
     canonical = json.dumps({k: meta.get(k) for k in HASHED_FIELDS}, sort_keys=True, separators=(",", ":"))
     return sha256_bytes(canonical.encode())
 
@@ -212,20 +204,26 @@ def _resolve_component(folder: Path, name: str, ref: dict) -> Path:
     )
 
 
-def load_bundle(path: Path | str) -> Bundle:
-    """Open a bundle folder, verifying model.json and the sha256 of every tensor file."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise BadInput(f"No model bundle folder at {folder}; pass the folder of an exported bundle.")
+def read_model_json(folder: Path):
+    """A bundle folder's parsed model.json; one sentence when it is missing or not JSON."""
     model_json = folder / "model.json"
     if not model_json.is_file():
         raise BadInput(
             f"The folder {folder} is not a model bundle (model.json is missing); pass an exported bundle."
         )
     try:
-        meta = json.loads(model_json.read_text())
+        return json.loads(model_json.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadInput(f"{model_json} is not valid JSON; copy the bundle again or re-export it.") from None
+
+
+def load_bundle(path: Path | str) -> Bundle:
+    """Open a bundle folder, verifying model.json and the sha256 of every tensor file."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise BadInput(f"No model bundle folder at {folder}; pass the folder of an exported bundle.")
+    model_json = folder / "model.json"
+    meta = read_model_json(folder)
     if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
         raise BadInput(f"{model_json} does not describe a bundle (no 'files' table); re-export the bundle.")
     version = meta.get("format_version")
