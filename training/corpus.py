@@ -266,6 +266,23 @@ def _beat_grid(bpm: float, beats_per_bar: int, bars: int) -> tuple[list[float], 
     return beats, beats[::beats_per_bar]
 
 
+def _phrase(notes: list, *, key: str, bpm: float, velocity: int, meter: str, bars: int, **extra) -> tuple:
+    """A metred phrase's (notes, params, (lowest, highest) pitch), with its exact beat and bar times."""
+    beats, bar_times = _beat_grid(bpm, int(meter.split("/")[0]), bars)
+    pitches = [n[2] for n in notes]
+    params = {
+        "key": key,
+        "bpm": bpm,
+        **extra,
+        "meter": meter,
+        "velocity": velocity,
+        "low_midi": min(pitches),
+        "beats_s": beats,
+        "bars_s": bar_times,
+    }
+    return notes, params, (min(pitches), max(pitches))
+
+
 def _bars_for(rng: np.random.Generator, bar_seconds: float) -> int:
     return int(np.clip(round(_clip_length(rng) / bar_seconds), 1, max(1, int(8.5 // bar_seconds))))
 
@@ -371,20 +388,16 @@ def _material_arpeggio(rng):
                     velocity + rng.integers(-10, 11) + (8 if s % 4 == 0 else 0),
                 )
             )
-    beats, bar_times = _beat_grid(bpm, 4, bars)
-    pitches = [n[2] for n in notes]
-    params = {
-        "key": key,
-        "bpm": bpm,
-        "pattern": pattern,
-        "subdivision": subdivision,
-        "velocity": velocity,
-        "low_midi": min(pitches),
-        "beats_s": beats,
-        "bars_s": bar_times,
-        "meter": "4/4",
-    }
-    return notes, params, (min(pitches), max(pitches))
+    return _phrase(
+        notes,
+        key=key,
+        bpm=bpm,
+        velocity=velocity,
+        meter="4/4",
+        bars=bars,
+        pattern=pattern,
+        subdivision=subdivision,
+    )
 
 
 RHYTHMS = {
@@ -424,18 +437,7 @@ def _material_melody(rng):
             )
             position += length
             degree = int(np.clip(degree + rng.choice([-2, -1, -1, 0, 1, 1, 2, 3, -3]), -3, 10))
-    beats, bar_times = _beat_grid(bpm, beats_per_bar, bars)
-    pitches = [n[2] for n in notes]
-    params = {
-        "key": key,
-        "bpm": bpm,
-        "meter": meter,
-        "velocity": velocity,
-        "low_midi": min(pitches),
-        "beats_s": beats,
-        "bars_s": bar_times,
-    }
-    return notes, params, (min(pitches), max(pitches))
+    return _phrase(notes, key=key, bpm=bpm, velocity=velocity, meter=meter, bars=bars)
 
 
 def _material_bassline(rng):
@@ -468,19 +470,7 @@ def _material_bassline(rng):
         for position, length, pitch in hits:
             start = (bar * 4 + position) * beat
             notes.append(_note(start, start + length * beat * 0.95, pitch, velocity + rng.integers(-8, 9)))
-    beats, bar_times = _beat_grid(bpm, 4, bars)
-    pitches = [n[2] for n in notes]
-    params = {
-        "key": key,
-        "bpm": bpm,
-        "style": style,
-        "velocity": velocity,
-        "low_midi": min(pitches),
-        "beats_s": beats,
-        "bars_s": bar_times,
-        "meter": "4/4",
-    }
-    return notes, params, (min(pitches), max(pitches))
+    return _phrase(notes, key=key, bpm=bpm, velocity=velocity, meter="4/4", bars=bars, style=style)
 
 
 def _material_drums(rng):
