@@ -1,0 +1,310 @@
+"""The generator's velocity model: a small diffusion transformer over codec latents.
+
+In the style of facebookresearch/DiT `models.py`. Rectified flow: x_t = (1 - t) x0 + t eps and the
+model predicts v = eps - x0. Each latent frame carries, concatenated before patching,
+    x (C) | controls * control_mask (K) | control_mask (K) | known * known_mask (C) | known_mask (1)
+so per-frame controls and known (extend / repaint) frames are native inputs, each with a presence
+mask: a zero mask is "absent", which is also what every optional input defaults to. Pairs of frames
+become one token (patch 2, right-padded when T is odd) with a fixed sin-cos position, so any length
+works.
+
+Each block is adaLN-Zero modulated attention, then an adaLN-Zero modulated MLP. The attention's
+keys are the latent tokens and the text tokens together (self- and cross-attention in one softmax,
+one kernel call); the text tokens start with a learned null token that is always attendable, so an
+all-False text mask (the unconditional half of CFG) is well defined. The adaLN condition is the sum
+of the timestep, seconds and pooled-text embeddings.
+
+Run it under bf16 autocast inside torch.no_grad() (not inference_mode, which defeats autocast's
+weight-cast cache), or cast the whole model to bf16 for inference, which is faster still.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DiTConfig:
+    """Defaults (6.9M parameters) are sized for CPU: 8 CFG steps over 12 s of latent (batch 2 x 259
+    tokens) measured 135-280 ms on the dev machine's 2 shared cores with the model cast to bf16, and
+    about 30% more under bf16 autocast. Time goes mostly to per-block overhead (elementwise ops, the
+    attention kernel), not matmuls, hence few blocks and 2 heads; a 5M-parameter model is barely faster.
+    """
+
+    latent_channels: int = 32  # the codec's latent_dim
+    patch: int = 2  # latent frames per token
+    dim: int = 256
+    depth: int = 6
+    heads: int = 2  # 128-d heads: the CPU attention kernel's cost grows with the number of heads
+    text_dim: int = 384  # the text encoder's dim
+    controls: int = 8  # len(pipelines.controls.CONTROL_NAMES)
+    mlp_ratio: float = 3.0
+    max_seconds: float = 47.0  # seconds_total is embedded as seconds / max_seconds
+
+    @property
+    def in_channels(self) -> int:
+        """Channels per latent frame after concatenating every input and its mask."""
+        return 2 * self.latent_channels + 2 * self.controls + 1
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x [B, N, D] scaled and shifted per sample by [B, 1, D] vectors."""
+    return torch.addcmul(shift, x, 1 + scale)  # one pass over x: elementwise ops cost as much as matmuls here
+
+
+def sinusoidal_positions(n: int, dim: int, device: torch.device) -> torch.Tensor:
+    """[n, dim] fixed sin-cos embedding of token positions 0..n-1 (any n), as DiT's pos_embed."""
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=device) / (dim // 2))
+    angles = torch.arange(n, device=device, dtype=torch.float32)[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class TimestepEmbedder(nn.Module):
+    """A scalar per sample (a flow time, a duration) -> sinusoidal features -> MLP -> [B, dim]."""
+
+    def __init__(self, dim: int, scale: float = 1000.0, frequency_size: int = 256):
+        super().__init__()
+        self.scale = scale  # maps the scalar's useful range onto ~0..1000, as DiT's integer timesteps
+        self.frequency_size = frequency_size
+        self.mlp = nn.Sequential(nn.Linear(frequency_size, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    @staticmethod
+    def sinusoid(t: torch.Tensor, size: int, max_period: float = 10000.0) -> torch.Tensor:
+        half = size // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.sinusoid(t * self.scale, self.frequency_size).to(self.mlp[0].weight.dtype))
+
+
+class SecondsEmbedder(nn.Module):
+    """seconds_total [B] -> [B, dim]; NaN (or None for the whole batch) means unknown: a learned vector."""
+
+    def __init__(self, dim: int, max_seconds: float):
+        super().__init__()
+        self.embed = TimestepEmbedder(dim, scale=1000.0 / max_seconds)
+        self.unknown = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, seconds: torch.Tensor | None, batch: int) -> torch.Tensor:
+        if seconds is None:
+            return self.unknown.expand(batch, -1)
+        known = ~torch.isnan(seconds)
+        emb = self.embed(torch.where(known, seconds, torch.zeros_like(seconds)))
+        return torch.where(known[:, None], emb, self.unknown.to(emb.dtype))
+
+
+class Attention(nn.Module):
+    """Multi-head attention of the latent tokens over themselves and the text tokens (keys only).
+
+    One softmax over [text; latent] keys does the work of self- plus cross-attention with one
+    kernel call, which on CPU costs about half as much: the fused attention kernel's cost barely
+    depends on how few keys it gets, so a separate cross-attention to ~15 text tokens costs as much
+    as the self-attention to ~260 latent tokens.
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        assert dim % heads == 0
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, N, D] latent tokens, context [B, L, D] text tokens, mask [B, L + N] True = attend."""
+        b, n, d = x.shape
+        qkv = self.qkv(torch.cat([context, x], dim=1))  # text rows' queries are computed but unused
+        q, k, v = qkv.view(b, -1, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q[:, :, -n:], k, v, attn_mask=mask[:, None, None, :])
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero attention (to latent and text tokens), adaLN-Zero MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm_context = nn.LayerNorm(dim, eps=1e-6)  # text is not modulated by t: it matters at every t
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        # exact GELU: the tanh approximation is several times slower on CPU
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(
+        self, x: torch.Tensor, mod: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """mod = self.adaLN_modulation(c), computed by the caller (all blocks at once, in float32)."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.unsqueeze(1).chunk(6, dim=2)
+        h = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), self.norm_context(text), mask)
+        x = torch.addcmul(x, gate_msa, h)
+        return torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm -> linear back to `patch` latent frames per token."""
+
+    def __init__(self, dim: int, patch: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        shift, scale = mod.unsqueeze(1).chunk(2, dim=2)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """Velocity v(x_t, t | text, seconds, controls, known frames) over latents [B, C, T]."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.x_embedder = nn.Linear(cfg.patch * cfg.in_channels, cfg.dim)
+        self.t_embedder = TimestepEmbedder(cfg.dim)
+        self.seconds_embedder = SecondsEmbedder(cfg.dim, cfg.max_seconds)
+        self.text_proj = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.dim))
+        self.null_text = nn.Parameter(torch.zeros(1, 1, cfg.dim))  # always attendable
+        self.text_pool = nn.Linear(cfg.dim, cfg.dim)  # pooled prompt -> adaLN condition
+        self.blocks = nn.ModuleList([DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.final_layer = FinalLayer(cfg.dim, cfg.patch, cfg.latent_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+        for embedder in (self.t_embedder, self.seconds_embedder.embed):
+            nn.init.normal_(embedder.mlp[0].weight, std=0.02)
+            nn.init.normal_(embedder.mlp[2].weight, std=0.02)
+        nn.init.normal_(self.null_text, std=0.02)
+        nn.init.normal_(self.seconds_embedder.unknown, std=0.02)
+        # adaLN-Zero: every block starts as the identity, and the output starts at zero velocity
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def frame_inputs(
+        self,
+        x: torch.Tensor,
+        controls: torch.Tensor | None,
+        control_mask: torch.Tensor | None,
+        known: torch.Tensor | None,
+        known_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """[B, in_channels, T]: every per-frame input next to its presence mask (zeros when absent)."""
+        b, _, t = x.shape
+        k = self.cfg.controls
+        if controls is None or control_mask is None:
+            controls, control_mask = x.new_zeros(b, k, t), x.new_zeros(b, k, t)
+        if known is None or known_mask is None:
+            known, known_mask = torch.zeros_like(x), x.new_zeros(b, 1, t)
+        control_mask, known_mask = control_mask.to(x.dtype), known_mask.to(x.dtype)
+        return torch.cat([x, controls * control_mask, control_mask, known * known_mask, known_mask], dim=1)
+
+    def text_context(
+        self, text: torch.Tensor | None, text_mask: torch.Tensor | None, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected text with the null token first: (tokens [B, 1+L, D], mask [B, 1+L], pooled [B, D])."""
+        null = self.null_text.expand(batch, -1, -1)
+        if text is None:
+            tokens = null
+            mask = torch.ones(batch, 1, dtype=torch.bool, device=null.device)
+        else:
+            if text_mask is None:
+                text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+            tokens = torch.cat([null, self.text_proj(text).to(null.dtype)], dim=1)
+            mask = torch.cat([torch.ones_like(text_mask[:, :1]), text_mask.bool()], dim=1)
+        weights = mask.to(tokens.dtype).unsqueeze(-1)
+        pooled = (tokens * weights).sum(1) / weights.sum(1)
+        return tokens, mask, pooled
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        seconds: torch.Tensor | None = None,
+        controls: torch.Tensor | None = None,
+        control_mask: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x [B, C, T] noisy latent, t [B] in [0, 1] -> velocity [B, C, T] (float32)."""
+        b, c, n_frames = x.shape
+        p = self.cfg.patch
+        assert c == self.cfg.latent_channels, f"expected {self.cfg.latent_channels} latent channels, got {c}"
+        dtype = self.x_embedder.weight.dtype  # float32 (autocast decides) or a model cast to bf16
+        h = self.frame_inputs(x, controls, control_mask, known, known_mask).to(dtype)
+        h = F.pad(h, (0, (-n_frames) % p))
+        n = h.shape[-1] // p
+        h = h.view(b, -1, n, p).permute(0, 2, 3, 1).reshape(b, n, p * self.cfg.in_channels)
+        h = self.x_embedder(h) + sinusoidal_positions(n, self.cfg.dim, x.device).to(dtype)
+
+        context, context_mask, pooled = self.text_context(
+            None if text is None else text.to(dtype), text_mask, b
+        )
+        mask = torch.cat([context_mask, context_mask.new_ones(b, n)], dim=1)  # [B, L + N]: text, then latent
+        # The adaLN inputs are [B, dim] matmuls: in float32 they cost less than casting their weights.
+        with torch.autocast(x.device.type, enabled=False):
+            cond = self.t_embedder(t) + self.seconds_embedder(seconds, b) + self.text_pool(pooled.to(dtype))
+            mods = [block.adaLN_modulation(cond) for block in self.blocks]
+            final_mod = self.final_layer.adaLN_modulation(cond)
+        for block, mod in zip(self.blocks, mods):
+            h = block(h, mod, context, mask)
+        out = self.final_layer(h, final_mod)  # [B, N, p * C]
+        out = out.view(b, n, p, c).permute(0, 3, 1, 2).reshape(b, c, n * p)
+        return out[..., :n_frames].float()
+
+
+def cat_inputs(a: dict, b: dict) -> dict:
+    """Concatenate two DiT keyword-input dicts along the batch (for CFG), filling a missing side as absent."""
+    a, b = _explicit_text_mask(a), _explicit_text_mask(b)
+    out = {}
+    for key in a.keys() | b.keys():
+        va, vb = a.get(key), b.get(key)
+        if va is None and vb is None:
+            out[key] = None
+            continue
+        if va is None or vb is None:
+            ref = vb if va is None else va
+            # NaN seconds is "unknown"; zeros (with a zero or False mask) are "absent" for everything else
+            fill = torch.full_like(ref, math.nan) if key == "seconds" else torch.zeros_like(ref)
+            va, vb = (fill, vb) if va is None else (va, fill)
+        if key in ("text", "text_mask") and va.shape[1] != vb.shape[1]:
+            longest = max(va.shape[1], vb.shape[1])
+            va, vb = (_pad_tokens(v, longest) for v in (va, vb))
+        out[key] = torch.cat([va, vb], dim=0)
+    return out
+
+
+def _explicit_text_mask(inputs: dict) -> dict:
+    """Text without a mask means every token is real; say so, so the other half of a batch can differ."""
+    text = inputs.get("text")
+    if text is None or inputs.get("text_mask") is not None:
+        return inputs
+    return {**inputs, "text_mask": torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)}
+
+
+def _pad_tokens(v: torch.Tensor, length: int) -> torch.Tensor:
+    """Right-pad text [B, L, D] or a text mask [B, L] to `length` tokens with zeros / False."""
+    pad = (0, 0, 0, length - v.shape[1]) if v.dim() == 3 else (0, length - v.shape[1])
+    return F.pad(v, pad)

@@ -1,0 +1,111 @@
+"""Rectified-flow samplers in the style of k-diffusion `sampling.py`.
+
+A model is any callable `model(x, t, **extra_args) -> velocity` with x [B, ...] and t [B]; the flow
+runs from noise at t = 1 to data at t = 0 along x_t = (1 - t) x0 + t eps, v = eps - x0, so the
+clean estimate at any step is x0 = x - t v. Schedules are functions returning tensors; samplers are
+plain functions that call `callback({"i", "t", "x", "denoised"})` once per step, which is how
+progress bars and previews hook in. Nothing here knows of text, audio or UI: classifier-free
+guidance and known (extend / repaint) frames are model wrappers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pipelines.dit import cat_inputs
+
+Model = Callable[..., torch.Tensor]
+
+
+def rf_times(steps: int, t_start: float = 1.0, shift: float = 1.0) -> torch.Tensor:
+    """[steps + 1] times from t_start down to 0; shift > 1 spends more steps at high noise (SD3)."""
+    assert steps >= 1 and 0.0 < t_start <= 1.0 and shift > 0
+    u_start = t_start / (shift - (shift - 1) * t_start)  # the grid point that the shift maps to t_start
+    u = torch.linspace(u_start, 0.0, steps + 1, dtype=torch.float64)
+    return (shift * u / (1 + (shift - 1) * u)).float()
+
+
+def noise_to(init: torch.Tensor, noise: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """A clean latent moved to noise level t along the flow: (1 - t) init + t noise."""
+    return (1 - t) * init + t * noise
+
+
+@torch.no_grad()
+def sample_euler(
+    model: Model,
+    x: torch.Tensor,
+    times: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    """Euler steps along the velocity from times[0] to times[-1]; x is the latent at times[0]."""
+    extra_args = extra_args or {}
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(times) - 1):
+        t, t_next = times[i], times[i + 1]
+        v = model(x, t * s_in, **extra_args)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "denoised": x - t * v})
+        x = x + (t_next - t) * v
+    return x
+
+
+@torch.no_grad()
+def sample_heun(
+    model: Model,
+    x: torch.Tensor,
+    times: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    """Heun's second-order method (2 model calls per step; the last step to t = 0 is Euler)."""
+    extra_args = extra_args or {}
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(times) - 1):
+        t, t_next = times[i], times[i + 1]
+        v = model(x, t * s_in, **extra_args)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "denoised": x - t * v})
+        x_euler = x + (t_next - t) * v
+        if t_next == 0:
+            x = x_euler  # the velocity at t = 0 is never needed, and a model may not be trained there
+        else:
+            v_next = model(x_euler, t_next * s_in, **extra_args)
+            x = x + (t_next - t) * (v + v_next) / 2
+    return x
+
+
+def cfg_model(dit: Model, cond: dict, uncond: dict, scale: float) -> Model:
+    """Classifier-free guidance: v_uncond + scale (v_cond - v_uncond), both halves in one forward."""
+
+    def model(x: torch.Tensor, t: torch.Tensor, **extra_args) -> torch.Tensor:
+        if scale == 1.0:  # guidance is the identity: skip the unconditional half
+            return dit(x, t, **{**cond, **extra_args})
+        inputs = cat_inputs({**cond, **extra_args}, {**uncond, **extra_args})
+        v_cond, v_uncond = dit(torch.cat([x, x]), torch.cat([t, t]), **inputs).chunk(2)
+        return v_uncond + scale * (v_cond - v_uncond)
+
+    return model
+
+
+def known_frames_model(
+    model: Model, known: torch.Tensor, known_mask: torch.Tensor, noise: torch.Tensor
+) -> Model:
+    """Hold the frames where known_mask is 1 on their flow path (1 - t) known + t noise (extend, repaint).
+
+    The model sees the known latent and mask as inputs, its input x carries the known frames at the
+    current noise level, and their velocity is the path's own (noise - known), so an Euler or Heun step
+    from t to any t' lands them exactly at level t': they come out equal to `known` at t = 0. Start
+    the sampler from noise_to(init, noise, t_start) with the same `noise` (at t_start = 1, just `noise`).
+    """
+    path_velocity = noise - known
+
+    def wrapped(x: torch.Tensor, t: torch.Tensor, **extra_args) -> torch.Tensor:
+        level = t.view(-1, *([1] * (x.dim() - 1)))
+        x = known_mask * noise_to(known, noise, level) + (1 - known_mask) * x
+        v = model(x, t, known=known, known_mask=known_mask, **extra_args)
+        return known_mask * path_velocity + (1 - known_mask) * v
+
+    return wrapped

@@ -1,0 +1,315 @@
+"""The generator's core pieces: text encoder, DiT velocity model, rectified-flow samplers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipelines.dit import DiT, DiTConfig, cat_inputs
+from pipelines.errors import BadInput
+from pipelines.samplers import cfg_model, known_frames_model, noise_to, rf_times, sample_euler, sample_heun
+from pipelines.text_encoder import TextEncoder
+
+# ---------------------------------------------------------------------------------------------------
+# text encoder
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder.load()
+
+
+def test_text_encoder_shapes_mask_and_padding(encoder):
+    prompts = ["a warm cello note", "kick", "heavy rain on a tin roof at night"]
+    emb = encoder.encode(prompts)
+    lengths = [len(encoder.tokenizer(p)["input_ids"]) for p in prompts]
+    assert encoder.dim == 384 and encoder.max_tokens == 64
+    assert emb.tokens.shape == (3, max(lengths), 384) and emb.tokens.dtype == torch.float32
+    assert emb.mask.dtype == torch.bool and emb.mask.sum(1).tolist() == lengths
+    assert emb.mask[:, 0].all() and not emb.mask[1, lengths[1] :].any()
+    assert emb.tokens[~emb.mask].abs().max() == 0  # padding is zeros
+    assert emb.pooled.shape == (3, 384)
+
+
+def test_text_encoder_pooled_is_normalised_masked_mean(encoder):
+    emb = encoder.encode(["a warm cello note", "kick"])
+    assert torch.allclose(emb.pooled.norm(dim=-1), torch.ones(2), atol=1e-5)
+    for i in range(2):
+        mean = emb.tokens[i, emb.mask[i]].mean(0)
+        assert torch.allclose(emb.pooled[i], F.normalize(mean, dim=0), atol=1e-5)
+
+
+def test_text_encoder_truncates_long_prompts(encoder):
+    emb = encoder.encode(["a very long prompt " * 60])
+    assert emb.mask.sum() == encoder.max_tokens and emb.tokens.shape[1] == encoder.max_tokens
+
+
+def test_text_encoder_is_deterministic_across_batches(encoder):
+    first = encoder.encode(["a bright plucked synth"])
+    encoder._cache.clear()
+    again = encoder.encode(["something else entirely, much longer than the other", "a bright plucked synth"])
+    n = int(first.mask.sum())
+    assert torch.allclose(first.tokens[0, :n], again.tokens[1, :n], atol=1e-4)
+    assert torch.allclose(first.pooled[0], again.pooled[1], atol=1e-5)
+
+
+def test_text_encoder_cache_hit_skips_the_model(encoder, monkeypatch):
+    first = encoder.encode(["a soft marimba roll"])
+    hits = encoder.hits
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran for a cached prompt")
+
+    monkeypatch.setattr(encoder, "model", no_model)
+    second = encoder.encode(["a soft marimba roll", "a soft marimba roll"])
+    assert encoder.hits == hits + 2
+    assert torch.equal(second.tokens[0], first.tokens[0]) and torch.equal(second.pooled[1], first.pooled[0])
+
+
+def test_text_encoder_cache_is_bounded(encoder, monkeypatch):
+    monkeypatch.setattr(encoder, "cache_size", 3)
+    encoder.encode(["one", "two", "three", "four", "five"])
+    assert list(encoder._cache) == ["three", "four", "five"]
+
+
+def test_similar_prompts_are_closer_than_unrelated_ones(encoder):
+    warm, soft, rain = encoder.encode(
+        ["a warm cello note", "a cello playing softly", "heavy rain on a roof"]
+    ).pooled
+    assert warm @ soft > warm @ rain + 0.2
+    assert warm @ soft > soft @ rain + 0.2
+
+
+def test_text_encoder_that_is_not_on_disk_is_bad_input(tmp_path):
+    with pytest.raises(BadInput, match="does not exist"):
+        TextEncoder.load(str(tmp_path / "missing"))
+    with pytest.raises(BadInput, match="loaded offline"):
+        TextEncoder.load(str(tmp_path))  # a folder, but no model in it
+
+
+# ---------------------------------------------------------------------------------------------------
+# DiT
+
+TINY = DiTConfig(latent_channels=4, dim=32, depth=2, heads=2, text_dim=16, controls=8, mlp_ratio=2.0)
+
+
+def random_dit(seed: int = 0) -> DiT:
+    """A tiny DiT with every weight random, so zero-init does not hide what the inputs do."""
+    torch.manual_seed(seed)
+    dit = DiT(TINY)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0, 0.2)
+    return dit.eval()
+
+
+def dit_inputs(b: int = 2, t: int = 9, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    text_mask = torch.ones(b, 5, dtype=torch.bool)
+    text_mask[0, 3:] = False
+    return {
+        "text": torch.randn(b, 5, TINY.text_dim, generator=g),
+        "text_mask": text_mask,
+        "seconds": torch.full((b,), 4.0),
+        "controls": torch.randn(b, TINY.controls, t, generator=g),
+        "control_mask": (torch.rand(b, TINY.controls, t, generator=g) > 0.5).float(),
+        "known": torch.randn(b, TINY.latent_channels, t, generator=g),
+        "known_mask": (torch.rand(b, 1, t, generator=g) > 0.5).float(),
+    }
+
+
+@pytest.mark.parametrize("frames", [1, 8, 9, 37])
+def test_dit_output_shape_for_odd_and_even_lengths(frames):
+    dit = random_dit()
+    x = torch.randn(2, TINY.latent_channels, frames)
+    v = dit(x, torch.rand(2), **dit_inputs(t=frames))
+    assert v.shape == x.shape and v.dtype == torch.float32 and torch.isfinite(v).all()
+
+
+def test_dit_zero_init_gives_zero_velocity():
+    dit = DiT(TINY)
+    v = dit(torch.randn(2, TINY.latent_channels, 9), torch.rand(2), **dit_inputs())
+    assert v.abs().max() == 0
+
+
+@pytest.mark.parametrize("absent", ["text", "seconds", "controls", "known"])
+def test_dit_each_optional_input_can_be_absent(absent):
+    dit = random_dit()
+    x, t = torch.randn(2, TINY.latent_channels, 9), torch.rand(2)
+    inputs = dit_inputs()
+    full = dit(x, t, **inputs)
+    partner = {"text": "text_mask", "controls": "control_mask", "known": "known_mask"}.get(absent)
+    without = dict(inputs, **{absent: None}, **({partner: None} if partner else {}))
+    v_none = dit(x, t, **without)
+    assert v_none.shape == x.shape and torch.isfinite(v_none).all()
+    assert not torch.allclose(v_none, full, atol=1e-4)  # the input was used when present
+    # None and "present but masked out" mean the same thing
+    if absent == "seconds":
+        masked = dict(inputs, seconds=torch.full((2,), math.nan))
+    else:
+        masked = dict(inputs, **{partner: torch.zeros_like(inputs[partner])})
+    assert torch.allclose(dit(x, t, **masked), v_none, atol=1e-5)
+
+
+def test_dit_text_mask_hides_padded_tokens():
+    dit = random_dit()
+    x, t, inputs = torch.randn(2, TINY.latent_channels, 9), torch.rand(2), dit_inputs()
+    v = dit(x, t, **inputs)
+    scrambled = inputs["text"].clone()
+    scrambled[0, 3:] = torch.randn(2, TINY.text_dim)  # row 0's masked-out tokens
+    v2 = dit(x, t, **dict(inputs, text=scrambled))
+    assert torch.allclose(v[0], v2[0], atol=1e-5)
+
+
+def test_dit_runs_under_bf16_autocast_and_cast_to_bf16():
+    dit = random_dit()
+    x, t = torch.randn(2, TINY.latent_channels, 9), torch.rand(2)
+    ref = dit(x, t, **dit_inputs())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        v_autocast = dit(x, t, **dit_inputs())
+    with torch.no_grad():
+        v_bf16 = dit.to(torch.bfloat16)(x, t, **dit_inputs())
+    for v in (v_autocast, v_bf16):
+        assert v.dtype == torch.float32
+        assert (v - ref).norm() < 0.05 * ref.norm()
+
+
+def test_dit_gradients_reach_text_and_controls_after_training_steps():
+    torch.manual_seed(0)
+    dit = DiT(TINY)
+    opt = torch.optim.Adam(dit.parameters(), lr=1e-2)
+    x, t, target = (
+        torch.randn(2, TINY.latent_channels, 9),
+        torch.rand(2),
+        torch.randn(2, TINY.latent_channels, 9),
+    )
+    for _ in range(3):  # zero-init layers open one after another, as in DiT
+        inputs = dit_inputs()
+        for key in ("text", "controls"):
+            inputs[key].requires_grad_(True)
+        opt.zero_grad()
+        F.mse_loss(dit(x, t, **inputs), target).backward()
+        opt.step()
+    assert inputs["text"].grad.abs().sum() > 0
+    assert inputs["controls"].grad.abs().sum() > 0
+
+
+def test_cat_inputs_fills_a_missing_side_as_absent():
+    cond = dit_inputs(b=1)
+    both = cat_inputs(cond, {"text": None})
+    assert both["text"].shape == (2, 5, TINY.text_dim)
+    assert both["text_mask"][1].sum() == 0 and torch.isnan(both["seconds"][1])
+    assert both["control_mask"][1].sum() == 0 and both["known_mask"][1].sum() == 0
+    short = {"text": torch.randn(1, 2, TINY.text_dim), "text_mask": torch.ones(1, 2, dtype=torch.bool)}
+    assert cat_inputs(cond, short)["text_mask"].tolist()[1] == [True, True, False, False, False]
+
+
+# ---------------------------------------------------------------------------------------------------
+# samplers
+
+
+def test_rf_times_run_from_t_start_to_zero():
+    times = rf_times(8)
+    assert times.shape == (9,) and times[0] == 1 and times[-1] == 0 and (times.diff() < 0).all()
+    half = rf_times(4, t_start=0.5)
+    assert torch.allclose(half, torch.tensor([0.5, 0.375, 0.25, 0.125, 0.0]))
+    shifted = rf_times(8, shift=3.0)
+    assert shifted[0] == 1 and shifted[-1] == 0 and (shifted[1:-1] > times[1:-1]).all()
+    assert rf_times(4, t_start=0.5, shift=3.0)[0] == pytest.approx(0.5)  # starts where the init was noised
+
+
+def test_noise_to_interpolates_init_and_noise():
+    init, noise = torch.ones(3), torch.zeros(3)
+    assert torch.allclose(noise_to(init, noise, 0.25), torch.full((3,), 0.75))
+
+
+def test_euler_lands_on_the_target_of_a_straight_flow():
+    target = torch.randn(2, 4, 9)
+
+    def model(x, t):  # the exact velocity when every sample flows to `target`
+        return (x - target) / t.view(-1, 1, 1)
+
+    out = sample_euler(model, torch.randn(2, 4, 9), rf_times(4))
+    assert torch.allclose(out, target, atol=1e-5)
+
+
+def gaussian_flow(mu: float, s: float):
+    """The exact rectified-flow velocity for data ~ N(mu, s^2): x0 = mu + s * (noise at t = 1)."""
+
+    def model(x, t):
+        t = t.view(-1, 1, 1)
+        var = (1 - t) ** 2 * s**2 + t**2
+        centred = x - (1 - t) * mu
+        return t / var * centred - (mu + (1 - t) * s**2 / var * centred)
+
+    return model
+
+
+def test_heun_is_more_accurate_than_euler_at_equal_steps():
+    mu, s = 2.0, 0.3
+    z = torch.randn(4, 4, 16, generator=torch.Generator().manual_seed(0))
+    exact = mu + s * z
+    model = gaussian_flow(mu, s)
+    euler = (sample_euler(model, z, rf_times(6)) - exact).abs().max()
+    heun = (sample_heun(model, z, rf_times(6)) - exact).abs().max()
+    assert heun < 0.5 * euler
+    assert (sample_heun(model, z, rf_times(48)) - exact).abs().max() < 0.01  # and it converges
+
+
+def test_callback_sees_every_step_once():
+    seen = []
+    target = torch.zeros(1, 4, 5)
+
+    def model(x, t):
+        return (x - target) / t.view(-1, 1, 1)
+
+    for sampler in (sample_euler, sample_heun):
+        seen.clear()
+        sampler(model, torch.randn(1, 4, 5), rf_times(5), callback=seen.append)
+        assert [s["i"] for s in seen] == list(range(5))
+        assert all(torch.allclose(s["denoised"], target, atol=1e-5) for s in seen)
+        assert [float(s["t"]) for s in seen] == pytest.approx(rf_times(5)[:-1].tolist())
+
+
+def test_cfg_scale_one_is_the_conditional_model():
+    dit = random_dit()
+    x, t, cond = torch.randn(2, TINY.latent_channels, 9), torch.rand(2), dit_inputs()
+    uncond = dict(cond, text_mask=torch.zeros_like(cond["text_mask"]))
+    assert torch.allclose(cfg_model(dit, cond, uncond, 1.0)(x, t), dit(x, t, **cond))
+
+
+def test_cfg_batches_cond_and_uncond_in_one_forward():
+    dit = random_dit()
+    x, t, cond = torch.randn(2, TINY.latent_channels, 9), torch.rand(2), dit_inputs()
+    calls = []
+    dit.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    v = cfg_model(dit, cond, {}, 3.0)(x, t)
+    assert calls == [4]
+    v_cond, v_uncond = dit(x, t, **cond), dit(x, t)
+    assert torch.allclose(v, v_uncond + 3.0 * (v_cond - v_uncond), atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", [sample_euler, sample_heun])
+@pytest.mark.parametrize("t_start", [1.0, 0.6])
+def test_known_frames_come_out_equal_to_the_known_latent(sampler, t_start):
+    dit = random_dit()
+    g = torch.Generator().manual_seed(3)
+    known = torch.randn(2, TINY.latent_channels, 9, generator=g)
+    noise = torch.randn(2, TINY.latent_channels, 9, generator=g)
+    known_mask = torch.zeros(2, 1, 9)
+    known_mask[..., :4] = 1  # extend: the first 4 frames are given
+    seen = []
+
+    def spy(x, t, **extra):
+        seen.append(extra)
+        return dit(x, t, **extra)
+
+    guided = cfg_model(spy, dit_inputs(), {}, 2.0)
+    model = known_frames_model(guided, known, known_mask, noise)
+    out = sampler(model, noise_to(known, noise, t_start), rf_times(4, t_start))
+    assert torch.allclose(out[..., :4], known[..., :4], atol=1e-5)
+    assert not torch.allclose(out[..., 4:], known[..., 4:], atol=1e-1)
+    assert seen and all(extra["known_mask"].shape == (4, 1, 9) for extra in seen)  # both CFG halves
