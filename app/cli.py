@@ -175,7 +175,7 @@ def _dataset_build(args: argparse.Namespace) -> int:
         writer = LatentCacheWriter(out, load_codec(args.model))
 
         def on_clip(record: dict) -> None:
-            writer.add(record["id"], load_audio(out / record["path"]))
+            writer.add_record(record, load_audio(out / record["path"]))
 
     path = build_corpus(out, hours=args.hours, seed=args.seed, progress=True, on_clip=on_clip)
     if args.latents:  # clips rendered by an earlier, interrupted build without --latents

@@ -1,0 +1,133 @@
+"""Control channels: what the generator can be told per latent frame, measured from any audio.
+
+Eight channels at the codec's latent rate, all from `pipelines.analysis.analyze_frames` (so a training
+clip, a user's voice and a source track are measured the same way), on latent frame centres
+(i + 0.5) / frame_rate, with fixed normalisations:
+
+    loudness   (RMS dBFS + 80) / 80, clipped to 0..1.2        (0 = silence, 1 = 0 dBFS)
+    onset      onset strength 0..1 (per clip, see analysis)
+    log_f0     log2(f0 / 440) / 4 where voiced, 0 elsewhere   (+-1 = +-4 octaves around A4)
+    voicing    voiced probability 0..1
+    beat_sin   sin(2 pi beat phase), beat_cos cos(2 pi beat phase)
+    bar_sin    sin(2 pi bar phase),  bar_cos  cos(2 pi bar phase)
+
+Channels come in groups (`CONTROL_GROUPS`) that are present or absent together: loudness and onset are
+always present (silence is a loudness too), pitch is absent when too few audible frames are voiced,
+beat and bar are absent when the clip has no clear pulse (and no known grid was given). Absent
+channels hold zeros and a zero presence mask; training drops groups at random so every control is
+optional at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipelines.analysis import FLOOR_DB, MIN_VOICED_FRACTION, analyze_frames
+from pipelines.audio import Audio
+
+CONTROL_NAMES = ("loudness", "onset", "log_f0", "voicing", "beat_sin", "beat_cos", "bar_sin", "bar_cos")
+CONTROL_GROUPS = {"loudness": (0,), "onset": (1,), "pitch": (2, 3), "beat": (4, 5), "bar": (6, 7)}
+LOUDNESS_MAX = 1.2  # a full-scale square wave is +3 dB RMS: room above 1 without unbounded values
+# channel -> index of its group in CONTROL_GROUPS
+_CHANNEL_GROUP = torch.tensor(
+    [next(g for g, chs in enumerate(CONTROL_GROUPS.values()) if c in chs) for c in range(len(CONTROL_NAMES))]
+)
+AUDIBLE_RANGE_DB = 40.0  # frames this far below the clip's loudest count as silent when judging voicing
+
+
+@dataclass
+class Controls:
+    """Control values float32 [8, T] (zeros where absent) and per-channel presence bool [8]."""
+
+    values: np.ndarray
+    present: np.ndarray
+
+    @property
+    def frames(self) -> int:
+        return int(self.values.shape[1])
+
+
+def measure_controls(
+    audio: Audio,
+    n_frames: int,
+    frame_rate: float,
+    *,
+    beats_s: np.ndarray | list[float] | None = None,
+    bars_s: np.ndarray | list[float] | None = None,
+) -> Controls:
+    """The eight control channels of `audio` on `n_frames` latent frames centred at (i + 0.5) / frame_rate.
+
+    Known beat and bar times (a rendered corpus clip, a grid the user set) replace the estimated pulse.
+    """
+    assert n_frames >= 1 and frame_rate > 0
+    f = analyze_frames(audio, frame_rate, beats_s=beats_s, bars_s=bars_s)
+    src = np.arange(len(f.loudness_db)) / f.frame_rate
+    dst = (np.arange(n_frames) + 0.5) / frame_rate
+
+    def at_frames(x: np.ndarray) -> np.ndarray:
+        return np.interp(dst, src, x)
+
+    loudness = np.clip((at_frames(f.loudness_db) - FLOOR_DB) / -FLOOR_DB, 0.0, LOUDNESS_MAX)
+    onset = np.clip(at_frames(f.onset), 0.0, 1.0)
+    # pitch between frames: the voiced neighbours' mean log-pitch (a voiced/unvoiced blend is not a pitch)
+    voiced = (f.f0_hz > 0).astype(np.float64)
+    log_f0 = np.log2(np.where(f.f0_hz > 0, f.f0_hz, 440.0) / 440.0) / 4.0
+    weight = at_frames(voiced)
+    log_f0 = np.where(weight > 0, at_frames(log_f0 * voiced) / np.maximum(weight, 1e-9), 0.0)
+    voicing = np.clip(at_frames(f.voicing), 0.0, 1.0)
+    beat = 2 * np.pi * at_frames(_unwrap(f.beat_phase))
+    bar = 2 * np.pi * at_frames(_unwrap(f.bar_phase))
+    values = np.stack(
+        [loudness, onset, log_f0, voicing, np.sin(beat), np.cos(beat), np.sin(bar), np.cos(bar)]
+    ).astype(np.float32)
+
+    audible = f.loudness_db > max(float(f.loudness_db.max()) - AUDIBLE_RANGE_DB, FLOOR_DB + 1.0)
+    voiced_audible = int(((f.f0_hz > 0) & audible).sum())
+    groups = {
+        "loudness": True,
+        "onset": True,
+        "pitch": bool(voiced_audible >= max(3, MIN_VOICED_FRACTION * audible.sum())),
+        "beat": f.tempo_bpm is not None,
+        "bar": f.tempo_bpm is not None and len(f.bars_s) > 0,
+    }
+    present = np.zeros(len(CONTROL_NAMES), dtype=bool)
+    for name, channels in CONTROL_GROUPS.items():
+        present[list(channels)] = groups[name]
+    values[~present] = 0.0
+    return Controls(values=values, present=present)
+
+
+def _unwrap(phase: np.ndarray) -> np.ndarray:
+    """A 0..1 sawtooth made monotonic (one added per wrap), so it can be interpolated between frames."""
+    wraps = np.concatenate([[0], np.cumsum(np.diff(phase) < -0.5)])
+    return phase.astype(np.float64) + wraps
+
+
+def controls_to_tensor(controls: list[Controls]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack equally long Controls into (values [B, 8, T], presence mask [B, 8, T]) float32 tensors."""
+    assert controls and len({c.frames for c in controls}) == 1, "controls must share one frame count"
+    values = torch.from_numpy(np.stack([c.values for c in controls])).float()
+    present = torch.from_numpy(np.stack([c.present for c in controls])).float()
+    mask = present[:, :, None].expand_as(values).contiguous()
+    return values * mask, mask
+
+
+def drop_controls(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    generator: torch.Generator | None,
+    p_group: float,
+    *,
+    p_all: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-time dropout: each group of each sample is hidden with probability `p_group`, and all of a
+    sample's controls with probability `p_all` (values and mask become 0). Draws come from `generator`
+    (None: torch's global generator), one [B] draw per group in CONTROL_GROUPS order, then one for p_all."""
+    b = values.shape[0]
+    dropped = torch.stack([torch.rand(b, generator=generator) < p_group for _ in CONTROL_GROUPS], dim=1)
+    dropped |= (torch.rand(b, generator=generator) < p_all)[:, None]
+    keep = (~dropped[:, _CHANNEL_GROUP]).to(values.dtype)[:, :, None]  # [B, 8, 1]
+    return values * keep, mask * keep

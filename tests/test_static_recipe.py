@@ -1,0 +1,322 @@
+"""Control channels measured from audio, the latent cache that stores them, and the `static` generator
+recipe: it learns on a tiny cached corpus, exports a generator bundle, and is a function of its seed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipelines.audio import Audio
+from pipelines.bundle import load_bundle, save_bundle
+from pipelines.codec import CodecConfig, CodecModel
+from pipelines.controls import (
+    CONTROL_GROUPS,
+    CONTROL_NAMES,
+    controls_to_tensor,
+    drop_controls,
+    measure_controls,
+)
+from pipelines.errors import BadInput
+from training.latent_cache import encode_corpus, is_current, read_entry, read_latent
+
+SR = 44100
+RATE = SR / 1024
+TINY_CODEC = {
+    "latent_dim": 8,
+    "enc_dim": 16,
+    "enc_blocks": 1,
+    "dec_dim": 16,
+    "dec_blocks": 1,
+    "latent_blocks": 1,
+}
+TINY_DIT = {"dim": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0}
+
+
+def stereo(x: np.ndarray) -> Audio:
+    return Audio(np.tile(x.astype(np.float32), (2, 1)), SR)
+
+
+def tone(freq: float = 440.0, seconds: float = 1.5) -> np.ndarray:
+    t = np.arange(int(SR * seconds)) / SR
+    return 0.3 * np.sin(2 * np.pi * freq * t)
+
+
+def click_train(bpm: float = 120.0, seconds: float = 4.0) -> np.ndarray:
+    x = np.zeros(int(SR * seconds))
+    x[:: int(round(SR * 60.0 / bpm))] = 0.9
+    return x
+
+
+def frames_of(audio: Audio) -> int:
+    return int(np.ceil(audio.frames / 1024))
+
+
+def group_present(present: np.ndarray, group: str) -> bool:
+    channels = list(CONTROL_GROUPS[group])
+    assert present[channels].all() or not present[channels].any(), "a group is present or absent as a whole"
+    return bool(present[channels[0]])
+
+
+# ---------------------------------------------------------------- controls
+
+
+def test_tone_has_pitch_at_a4_and_no_pulse():
+    audio = stereo(tone(440.0))
+    c = measure_controls(audio, frames_of(audio), RATE)
+    assert c.values.shape == (8, frames_of(audio)) and c.values.dtype == np.float32
+    assert group_present(c.present, "pitch") and not group_present(c.present, "beat")
+    assert not group_present(c.present, "bar")
+    inner = slice(5, -5)
+    voiced = c.values[3, inner] > 0.5
+    assert voiced.mean() > 0.8
+    assert np.abs(c.values[2, inner][voiced]).max() < 0.01  # log2(440 / 440) / 4 = 0
+    assert np.all(c.values[4:] == 0)  # absent channels hold zeros
+    # a 0.3-peak sine is -13.5 dBFS RMS: (80 - 13.5) / 80
+    assert abs(float(np.median(c.values[0])) - (80 - 13.5) / 80) < 0.03
+
+
+def test_an_octave_lower_reads_a_quarter_octave_step_lower():
+    audio = stereo(tone(220.0))
+    c = measure_controls(audio, frames_of(audio), RATE)
+    voiced = c.values[3] > 0.5
+    assert abs(float(np.median(c.values[2][voiced])) - (-0.25)) < 0.01  # log2(1/2) / 4
+
+
+def test_click_train_has_a_rising_beat_phase_at_120_bpm():
+    audio = stereo(click_train(120.0, 4.0))
+    n = frames_of(audio)
+    c = measure_controls(audio, n, RATE)
+    assert group_present(c.present, "beat") and group_present(c.present, "bar")
+    assert not group_present(c.present, "pitch")
+    phase = np.unwrap(np.arctan2(c.values[4], c.values[5]))
+    steps = np.diff(phase)
+    assert (steps > 0).mean() > 0.95  # the phase rises frame after frame
+    beats_per_second = (phase[-1] - phase[0]) / (2 * np.pi) / ((n - 1) / RATE)
+    assert abs(beats_per_second - 2.0) < 0.1
+    np.testing.assert_allclose(c.values[4] ** 2 + c.values[5] ** 2, 1.0, atol=1e-5)
+
+
+def test_known_grid_replaces_the_estimate():
+    audio = stereo(tone(440.0, 2.0))  # no pulse of its own
+    beats = [0.0, 0.5, 1.0, 1.5]
+    c = measure_controls(audio, frames_of(audio), RATE, beats_s=beats, bars_s=[0.0])
+    assert group_present(c.present, "beat") and group_present(c.present, "bar")
+    # frame i is centred at (i + 0.5) / RATE: the beat phase there is ((i + 0.5) / RATE) / 0.5 s
+    i = 10
+    expected = 2 * np.pi * ((i + 0.5) / RATE / 0.5 % 1.0)
+    assert abs(np.arctan2(c.values[4, i], c.values[5, i]) % (2 * np.pi) - expected) < 0.05
+
+
+def test_silence_has_no_pitch_and_no_pulse():
+    audio = stereo(np.zeros(SR))
+    c = measure_controls(audio, frames_of(audio), RATE)
+    assert group_present(c.present, "loudness")
+    for group in ("pitch", "beat", "bar"):
+        assert not group_present(c.present, group)
+    assert np.all(c.values == 0)  # loudness of silence is 0, nothing else is present
+
+
+def test_controls_to_tensor_and_group_dropout():
+    audio = stereo(tone(440.0, 0.5))
+    n = frames_of(audio)
+    c = measure_controls(audio, n, RATE)
+    values, mask = controls_to_tensor([c, c, c, c])
+    assert values.shape == mask.shape == (4, 8, n)
+    assert torch.equal(mask[0, :, 0], torch.from_numpy(c.present).float())
+    g = torch.Generator().manual_seed(0)
+    same_v, same_m = drop_controls(values, mask, g, 0.0)
+    assert torch.equal(same_v, values) and torch.equal(same_m, mask)
+    none_v, none_m = drop_controls(values, mask, g, 0.0, p_all=1.0)
+    assert not none_v.any() and not none_m.any()
+    b = 512
+    values, mask = torch.ones(b, 8, 3), torch.ones(b, 8, 3)
+    _, dropped = drop_controls(values, mask, torch.Generator().manual_seed(1), 0.5)
+    for group, channels in CONTROL_GROUPS.items():
+        kept = dropped[:, list(channels), 0]
+        assert torch.equal(kept, kept[:, :1].expand_as(kept)), group  # a group goes as a whole
+        assert 0.4 < float(kept[:, 0].mean()) < 0.6, group
+    assert len(CONTROL_NAMES) == 8
+
+
+# ---------------------------------------------------------------- corpus and cache
+
+
+def tiny_codec_bundle(path: Path) -> Path:
+    torch.manual_seed(0)
+    model = CodecModel(CodecConfig(**TINY_CODEC))
+    return save_bundle(path, asdict(model.cfg), {"codec": model.state_dict()}, kind="codec")
+
+
+def make_corpus(root: Path) -> Path:
+    """Five short clips (tones and a click loop) in the manifest format; the last one is in val."""
+    (root / "audio").mkdir(parents=True)
+    clips = [
+        ("t220", tone(220.0, 1.0), ["a low tone", "a dull hum at 220 Hz"]),
+        ("t440", tone(440.0, 0.6), ["a tone at A4"]),
+        ("t880", tone(880.0, 1.2), ["a high tone", "a bright beep"]),
+        ("clicks", click_train(120.0, 1.5), ["clicks at 120 BPM"]),
+        ("val", tone(330.0, 0.5), ["a tone for validation"]),
+    ]
+    lines = []
+    for name, x, captions in clips:
+        sf.write(root / "audio" / f"{name}.flac", np.stack([x, x], 1).astype(np.float32), SR)
+        record = {
+            "id": name,
+            "path": f"audio/{name}.flac",
+            "captions": captions,
+            "seconds": len(x) / SR,
+            "split": "val" if name == "val" else "train",
+            "params": {"beats_s": [0.0, 0.5, 1.0] if name == "clicks" else [], "bars_s": []},
+        }
+        lines.append(json.dumps(record))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cached_corpus(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(corpus folder, codec bundle, latent cache folder): encoded once for the tests of this module."""
+    root = tmp_path_factory.mktemp("static")
+    codec = tiny_codec_bundle(root / "codec")
+    data = make_corpus(root / "corpus")
+    cache = encode_corpus(data, codec, progress=False)
+    return data, codec, cache
+
+
+def test_latent_cache_stores_controls_beside_latents(cached_corpus):
+    data, _, cache = cached_corpus
+    tone_entry = read_entry(cache / "t440.safetensors")
+    z = tone_entry["z"]
+    assert z.shape == (8, int(np.ceil(0.6 * SR / 1024))) and z.dtype == torch.float32
+    assert torch.equal(z, read_latent(cache / "t440.safetensors"))
+    assert tone_entry["controls"].shape == (8, z.shape[1])
+    assert tone_entry["controls_present"].dtype == torch.bool
+    assert tone_entry["controls_present"][2] and not tone_entry["controls_present"][4]  # pitch, no pulse
+    clicks = read_entry(cache / "clicks.safetensors")
+    assert clicks["controls_present"][4] and not clicks["controls_present"][2]  # the manifest's grid
+    raw = load_file(str(cache / "clicks.safetensors"))
+    assert raw["controls"].dtype == torch.float16 and raw["controls_present"].dtype == torch.uint8
+
+
+def test_old_cache_files_are_encoded_again(cached_corpus, tmp_path):
+    data, codec, cache = cached_corpus
+    old = cache / "t220.safetensors"
+    kept = cache / "t880.safetensors"
+    before = kept.stat().st_mtime_ns
+    save_file(
+        {"z": load_file(str(old))["z"]}, str(old), metadata={"seconds": "1.0"}
+    )  # the format before controls
+    assert not is_current(old)
+    encode_corpus(data, codec, progress=False)
+    assert is_current(old) and "controls" in read_entry(old)
+    assert kept.stat().st_mtime_ns == before
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def static_config(tmp: Path, codec: Path, steps: int, **settings) -> Path:
+    config = {
+        "steps": steps,
+        "batch_size": 4,
+        "lr": 3e-3,
+        "warmup_steps": 2,
+        "ema_decay": 0.9,
+        "ckpt_every": 5,
+        "log_every": 1,
+        "threads": 1,
+        "recipe": {"codec": str(codec), "segment_frames": 32, "dit": TINY_DIT},
+        **settings,
+    }
+    path = tmp / "static.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_static_recipe_learns_and_exports_a_generator_bundle(cached_corpus, tmp_path):
+    from training.trainer import export_run, train
+
+    data, codec, _ = cached_corpus
+    config = static_config(tmp_path, codec, 20)
+    train("static", data, tmp_path / "run", config_path=config, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 20
+    first, last = np.mean([r["loss"] for r in rows[:4]]), np.mean([r["loss"] for r in rows[-4:]])
+    assert last < 0.8 * first, (first, last)
+    assert any(f"loss_t{q}" in r for r in rows for q in range(4))
+    for key in ("frac_text", "frac_controls", "frac_known"):
+        assert 0.0 <= np.mean([r[key] for r in rows]) <= 1.0
+    assert 0.0 < np.mean([r["frac_known"] for r in rows]) < 1.0  # known spans are drawn at p = 0.5
+
+    bundle = load_bundle(export_run(tmp_path / "run", tmp_path / "bundle"))
+    assert bundle.kind == "generator" and bundle.files == ["dit"]
+    cfg = bundle.config
+    assert cfg["sampler"] == "euler" and cfg["steps"] == 50 and cfg["guidance"] == 4.0
+    assert abs(cfg["latent_rate"] - RATE) < 1e-9 and cfg["sample_rate"] == SR
+    assert cfg["dit"]["latent_channels"] == 8 and cfg["dit"]["dim"] == 32
+    assert bundle.component("codec").kind == "codec"
+    assert bundle.card["steps"] == 20
+
+    from pipelines.dit import DiT, DiTConfig
+
+    model = DiT(DiTConfig(**cfg["dit"]))
+    bundle.load_into("dit", model)
+    v = model(torch.randn(1, 8, 10), torch.tensor([0.5]))
+    assert v.shape == (1, 8, 10) and torch.isfinite(v).all()
+
+
+def test_same_seed_gives_the_same_weights_and_resume_is_exact(cached_corpus, tmp_path):
+    from training.trainer import train
+
+    data, codec, _ = cached_corpus
+    # a constant lr after warmup: a 5-step first leg must not have its own cosine schedule
+    config = static_config(tmp_path, codec, 10, lr_schedule="constant")
+
+    def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+        return load_file(str(checkpoint / "modules.safetensors"))
+
+    a = weights(train("static", data, tmp_path / "a", config_path=config, progress=False))
+    train("static", data, tmp_path / "b", config_path=config, steps=5, progress=False)
+    b = weights(train("static", data, tmp_path / "b", config_path=config, resume=True, progress=False))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    other = train("static", data, tmp_path / "c", config_path=config, overrides={"seed": 1}, progress=False)
+    c = weights(other)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_static_recipe_refuses_bad_settings_and_a_missing_cache(cached_corpus, tmp_path):
+    from training.static_recipe import StaticRecipe
+
+    data, codec, _ = cached_corpus
+    with pytest.raises(BadInput, match="segment_frame"):
+        StaticRecipe({"codec": str(codec), "segment_frame": 10}, data)
+    with pytest.raises(BadInput, match="dit setting 'width'"):
+        StaticRecipe({"codec": str(codec), "dit": {"width": 3}}, data)
+    with pytest.raises(BadInput, match="latent_channels"):
+        StaticRecipe({"codec": str(codec), "dit": {"latent_channels": 32}}, data)
+    bare = make_corpus(tmp_path / "bare")  # the same clips, never encoded
+    recipe = StaticRecipe({"codec": str(codec), "dit": TINY_DIT}, bare)
+    with pytest.raises(BadInput, match="soundloom dataset encode"):
+        recipe.dataset_size()
+
+
+def test_preview_samples_the_first_val_caption(cached_corpus, tmp_path):
+    pytest.importorskip("pipelines.samplers")
+    from training.static_recipe import StaticRecipe
+
+    data, codec, _ = cached_corpus
+    recipe = StaticRecipe({"codec": str(codec), "segment_frames": 20, "dit": TINY_DIT}, data)
+    torch.manual_seed(0)
+    recipe.preview(7, {"dit": recipe.model.eval()}, tmp_path / "preview")
+    wav, sr = sf.read(tmp_path / "preview" / "step00000007_val0.wav", always_2d=True)
+    assert sr == SR and wav.shape == (20 * 1024, 2) and np.isfinite(wav).all()
+    assert (tmp_path / "preview" / "step00000007_val0.txt").read_text().strip() == "a tone for validation"

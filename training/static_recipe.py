@@ -1,0 +1,333 @@
+"""Recipe `static`: trains the generator's DiT (pipelines/dit.py) by rectified flow on cached latents.
+
+x_t = (1 - t) x0 + t eps with t ~ logit-normal(t_mean, t_std), and the DiT regresses v = eps - x0 (MSE
+over the frames it is not given). Every condition is dropped at random, so one model serves all
+pipelines and classifier-free guidance:
+  - text: the sample's caption (a random one of its record's captions), dropped with `p_drop_text`;
+  - controls: each group of pipelines.controls dropped with `p_drop_control_group`, and all of them
+    with `p_drop_controls`;
+  - known frames: with `p_known` a random prefix (continuation / extend), inner span, or everything but
+    an inner span (repaint) of the clip's frames is given clean;
+  - seconds: the clip's true length; clips shorter than `segment_frames` are padded with the codec's
+    latent of silence (the model learns to fall silent after `seconds`), longer ones are cropped.
+
+It reads only the corpus manifest and the latent cache (`soundloom dataset encode DIR` makes it), never
+audio. All per-sample draws come from torch's global generator, which the trainer reseeds every step,
+in a fixed order, so a resumed run sees the same crops, captions, drops, times and noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.codec import Codec, default_codec_path, load_codec
+from pipelines.controls import CONTROL_NAMES, drop_controls
+from pipelines.dit import DiT, DiTConfig
+from pipelines.errors import BadInput
+from pipelines.text_encoder import TextEncoder
+from training.recipes import model_settings, recipe_settings
+
+DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"  # the name a bundle records for TextEncoder.load(None)
+DEFAULTS = {
+    "codec": None,  # codec bundle folder whose latent cache is read; None: the bundled assets/codec
+    "text_encoder": DEFAULT_TEXT_ENCODER,  # or a local folder of another transformers encoder
+    "dit": {},  # DiTConfig overrides (latent_channels, text_dim and controls follow the codec and encoder)
+    "segment_frames": 259,  # ~6 s at 43.07 Hz
+    "t_mean": 0.0,  # logit-normal timesteps: t = sigmoid(t_mean + t_std * n)
+    "t_std": 1.0,
+    "p_drop_text": 0.1,
+    "p_drop_control_group": 0.5,
+    "p_drop_controls": 0.3,
+    "p_known": 0.5,
+    "preview_steps": 8,
+    "preview_guidance": 4.0,
+}
+PROBABILITIES = ("p_drop_text", "p_drop_control_group", "p_drop_controls", "p_known")
+KNOWN_FRACTION = (0.1, 0.9)  # a known span covers this share of the clip's frames
+EXPORT_SAMPLER = {"sampler": "euler", "steps": 50, "guidance": 4.0}
+
+
+def logit_normal(n: int, mean: float, std: float) -> torch.Tensor:
+    """n flow times in (0, 1) whose logits are normal: most weight mid-way, where the velocity is hardest."""
+    return torch.sigmoid(mean + std * torch.randn(n))
+
+
+def known_spans(lengths: list[int], frames: int, p_known: float) -> torch.Tensor:
+    """Known-frame masks [B, 1, frames]: with p_known a prefix, an inner span, or all but an inner span of
+    the first lengths[i] frames (extend / infill / repaint); otherwise none."""
+    b = len(lengths)
+    use, kind, size, where = torch.rand(b) < p_known, torch.randint(0, 3, (b,)), torch.rand(b), torch.rand(b)
+    mask = torch.zeros(b, 1, frames)
+    for i, n in enumerate(lengths):
+        if not use[i]:
+            continue
+        low, high = KNOWN_FRACTION
+        span = max(1, min(n - 1, round((low + (high - low) * float(size[i])) * n)))
+        start = 0 if kind[i] == 0 else int(float(where[i]) * (n - span + 1))
+        start = min(start, n - span)
+        mask[i, 0, start : start + span] = 1.0
+        if kind[i] == 2:  # repaint: known everywhere in the clip except the span
+            mask[i, 0, :n] = 1.0 - mask[i, 0, :n]
+    return mask
+
+
+def rf_loss(v: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE [B] over the frames with weight 1 (weight [B, 1, T], broadcast over channels)."""
+    err = (v.float() - target).square() * weight
+    return err.sum(dim=(1, 2)) / (weight.sum(dim=(1, 2)) * v.shape[1]).clamp(min=1.0)
+
+
+class StaticRecipe:
+    name = "static"
+
+    def __init__(self, config: dict, data_dir: Path):
+        self.config = cfg = recipe_settings("static", config, DEFAULTS)
+        model_settings("dit", cfg["dit"], set(DiTConfig.__dataclass_fields__))
+        for name in PROBABILITIES:
+            value = cfg[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise BadInput(f"{name} must be a probability between 0 and 1 (got {cfg[name]}).")
+        segment = cfg["segment_frames"]
+        if not (isinstance(segment, int) and segment >= 4):
+            raise BadInput(f"segment_frames must be a whole number of at least 4 (got {segment}).")
+        self.data_dir = Path(data_dir)
+        self.codec_path = Path(cfg["codec"]) if cfg["codec"] else default_codec_path()
+
+        # Loading the codec and the text encoder builds modules (which draws random init weights) before
+        # loading theirs: keep those draws out of the seeded stream, so the DiT's init depends on the seed only.
+        with torch.random.fork_rng(devices=[]):
+            self.codec: Codec = load_codec(self.codec_path)
+            name = cfg["text_encoder"]
+            self.text_encoder = TextEncoder.load(None if name == DEFAULT_TEXT_ENCODER else name)
+        dit = {
+            "latent_channels": self.codec.channels,
+            "text_dim": self.text_encoder.dim,
+            "controls": len(CONTROL_NAMES),
+        }
+        for key, value in dit.items():
+            if cfg["dit"].get(key, value) != value:
+                raise BadInput(
+                    f"dit.{key} must be {value} to fit the codec and text encoder (got {cfg['dit'][key]})."
+                )
+        self.dit_config = DiTConfig(**{**cfg["dit"], **dit})
+        self.model = DiT(self.dit_config)
+        self._data: list[dict] | None = None
+        self._silence: torch.Tensor | None = None
+
+    # ---------------------------------------------------------------- data
+
+    @property
+    def data(self) -> list[dict]:
+        """The train clips: record fields plus their cached latent, controls and presence, read once."""
+        if self._data is None:
+            self._data = self._read_cache()
+        return self._data
+
+    def _read_cache(self) -> list[dict]:
+        from training.corpus import read_manifest
+        from training.latent_cache import is_current, latent_root, read_entry
+
+        records = read_manifest(self.data_dir, split="train")
+        if not records:
+            raise BadInput(
+                f"The corpus in {self.data_dir} has no train clips (clips are split by a hash of their "
+                "material, about 80% train); add more sounds to it."
+            )
+        root = latent_root(self.data_dir, self.codec)
+        missing = [r["id"] for r in records if not is_current(root / f"{r['id']}.safetensors")]
+        if missing:
+            model = "" if self.config["codec"] is None else f" --model {self.codec_path}"
+            raise BadInput(
+                f"The latent cache in {root} lacks {len(missing)} of {len(records)} train clips (or holds them "
+                f"without controls); run `soundloom dataset encode {self.data_dir}{model}` first."
+            )
+        data = []
+        for rec in records:
+            entry = read_entry(root / f"{rec['id']}.safetensors")
+            data.append(
+                {
+                    "id": rec["id"],
+                    "captions": list(rec["captions"]) or [""],
+                    "z": entry["z"].half(),
+                    "controls": entry["controls"].half(),
+                    "present": entry["controls_present"],
+                }
+            )
+        return data
+
+    @property
+    def silence(self) -> torch.Tensor:
+        """The codec's latent frame of silence [C, 1], the padding after a clip ends."""
+        if self._silence is None:
+            from pipelines.audio import Audio
+
+            hop = self.codec.cfg.latent_hop
+            z = self.codec.encode(Audio(np.zeros((2, 16 * hop), dtype=np.float32), self.codec.sample_rate))
+            self._silence = z[:, 4:-4].mean(dim=1, keepdim=True)  # away from the STFT's edge frames
+        return self._silence
+
+    def embed_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [B, L, D], mask [B, L]) for captions; "" (or None) is no text: an all-False mask row.
+
+        Each caption is encoded alone and in float32, so its embedding never depends on what shared its
+        batch or on the trainer's autocast (a resumed run must see the same numbers).
+        """
+        rows = []
+        with torch.autocast("cpu", enabled=False):
+            for caption in captions:
+                rows.append(self.text_encoder.encode([caption]).tokens[0] if caption else None)
+        longest = max([1] + [r.shape[0] for r in rows if r is not None])
+        tokens = torch.zeros(len(captions), longest, self.text_encoder.dim)
+        mask = torch.zeros(len(captions), longest, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            if r is not None:
+                tokens[i, : r.shape[0]] = r
+                mask[i, : r.shape[0]] = True
+        return tokens, mask
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor | list]:
+        """Crops of `segment_frames` with their conditions, every draw from torch's (seeded) global RNG."""
+        cfg, frames = self.config, self.config["segment_frames"]
+        b = len(indices)
+        starts, picks = torch.rand(b), torch.rand(b)
+        x0 = self.silence.expand(-1, frames).repeat(b, 1, 1)
+        controls = torch.zeros(b, len(CONTROL_NAMES), frames)
+        control_mask = torch.zeros(b, len(CONTROL_NAMES), frames)
+        lengths, captions = [], []
+        for i, index in enumerate(indices):
+            clip = self.data[index]
+            total = clip["z"].shape[1]
+            n = min(total, frames)
+            start = min(int(float(starts[i]) * (total - n + 1)), total - n)
+            x0[i, :, :n] = clip["z"][:, start : start + n].float()
+            controls[i, :, :n] = clip["controls"][:, start : start + n].float()
+            control_mask[i, :, :n] = clip["present"].float()[:, None]
+            lengths.append(n)
+            options = clip["captions"]
+            captions.append(options[min(int(float(picks[i]) * len(options)), len(options) - 1)])
+        keep_text = torch.rand(b) >= cfg["p_drop_text"]
+        captions = [c if keep else "" for c, keep in zip(captions, keep_text.tolist())]
+        controls, control_mask = drop_controls(
+            controls, control_mask, None, cfg["p_drop_control_group"], p_all=cfg["p_drop_controls"]
+        )
+        known_mask = known_spans(lengths, frames, cfg["p_known"])
+        text, text_mask = self.embed_text(captions)
+        return {
+            "x0": x0,
+            "seconds": torch.tensor(lengths, dtype=torch.float32) / self.codec.latent_rate,
+            "text": text,
+            "text_mask": text_mask,
+            "controls": controls,
+            "control_mask": control_mask,
+            "known_mask": known_mask,
+        }
+
+    # ---------------------------------------------------------------- recipe protocol
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"dit": self.model}
+
+    def dataset_size(self) -> int:
+        return len(self.data)
+
+    def loss(self, step: int, indices: list[int], modules: dict[str, torch.nn.Module]):
+        cfg = self.config
+        dit: DiT = modules["dit"]
+        batch = self.batch(indices)
+        x0, known_mask = batch["x0"], batch["known_mask"]
+        t = logit_normal(len(indices), cfg["t_mean"], cfg["t_std"])
+        eps = torch.randn_like(x0)
+        tt = t[:, None, None]
+        xt = (1 - tt) * x0 + tt * eps
+        v = dit(
+            xt,
+            t,
+            text=batch["text"],
+            text_mask=batch["text_mask"],
+            seconds=batch["seconds"],
+            controls=batch["controls"],
+            control_mask=batch["control_mask"],
+            known=x0,
+            known_mask=known_mask,
+        )
+        per_sample = rf_loss(v, eps - x0, 1.0 - known_mask)
+        info = {
+            "frac_text": float(batch["text_mask"].any(dim=1).float().mean()),
+            "frac_controls": float(batch["control_mask"].amax(dim=(1, 2)).mean()),
+            "frac_known": float(known_mask.amax(dim=(1, 2)).mean()),
+        }
+        quartile = (t * 4).long().clamp(max=3)
+        for q in range(4):  # mean loss per timestep quartile, for the timestep histogram (absent when empty)
+            if (quartile == q).any():
+                info[f"loss_t{q}"] = float(per_sample.detach()[quartile == q].mean())
+        return per_sample.mean(), info
+
+    # ---------------------------------------------------------------- preview and export
+
+    def preview_caption(self) -> str:
+        from training.corpus import read_manifest
+
+        records = read_manifest(self.data_dir, split="val") or read_manifest(self.data_dir, split="train")
+        return records[0]["captions"][0] if records and records[0]["captions"] else ""
+
+    @torch.no_grad()
+    def sample(self, dit: DiT, caption: str, frames: int, steps: int, guidance: float) -> torch.Tensor:
+        """A latent [C, frames] for `caption` from noise by Euler steps with classifier-free guidance."""
+        from pipelines.samplers import cfg_model, rf_times, sample_euler
+
+        text, text_mask = self.embed_text([caption])
+        seconds = torch.tensor([frames / self.codec.latent_rate])
+        cond = {"text": text, "text_mask": text_mask, "seconds": seconds}
+        uncond = {"text": text, "text_mask": torch.zeros_like(text_mask), "seconds": seconds}
+        x = torch.randn(1, self.codec.channels, frames)
+        return sample_euler(cfg_model(dit, cond, uncond, guidance), x, rf_times(steps))[0]
+
+    def preview(self, step: int, modules: dict[str, torch.nn.Module], out_dir: Path) -> None:
+        """One WAV (and its prompt) sampled by the EMA model for the first val caption."""
+        from pipelines.audio import save_audio
+
+        cfg = self.config
+        caption = self.preview_caption()
+        z = self.sample(
+            modules["dit"].eval(),
+            caption,
+            cfg["segment_frames"],
+            cfg["preview_steps"],
+            cfg["preview_guidance"],
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_audio(self.codec.decode(z), out_dir / f"step{step:08d}_val0.wav")
+        (out_dir / f"step{step:08d}_val0.txt").write_text(caption + "\n")
+
+    def bundle_config(self) -> dict:
+        return {
+            "dit": asdict(self.dit_config),
+            "latent_rate": self.codec.latent_rate,
+            "latent_channels": self.codec.channels,
+            "sample_rate": self.codec.sample_rate,
+            "text_encoder": self.config["text_encoder"],
+            "controls": list(CONTROL_NAMES),
+            "segment_frames": self.config["segment_frames"],
+            **EXPORT_SAMPLER,
+        }
+
+    def export(
+        self, modules_ema: dict[str, torch.nn.Module], out_dir: Path, card: dict | None = None
+    ) -> None:
+        from pipelines.bundle import save_bundle
+        from training.codec_recipe import corpus_card
+
+        card = {**(card or {}), "data": corpus_card(self.data_dir)}
+        state = {k: v.detach() for k, v in modules_ema["dit"].state_dict().items()}
+        save_bundle(
+            Path(out_dir),
+            self.bundle_config(),
+            {"dit": state},
+            components={"codec": self.codec.bundle_path},
+            kind="generator",
+            card=card,
+        )
