@@ -197,7 +197,10 @@ def test_train_unknown_recipe(capsys, tmp_path):
     code, _, err = run_main(
         capsys, "train", "--recipe", "nosuch", "--data", tmp_path, "--out", tmp_path / "r"
     )
-    assert "There is no recipe 'nosuch'; choose one of: codec, toy." in assert_one_line_error(code, err)
+    from training.recipes import RECIPES
+
+    names = ", ".join(sorted(RECIPES))
+    assert f"There is no recipe 'nosuch'; choose one of: {names}." in assert_one_line_error(code, err)
     assert not (tmp_path / "r").exists()
 
 

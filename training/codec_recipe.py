@@ -24,6 +24,7 @@ import torch
 
 from pipelines.codec import Codec, CodecConfig, CodecModel, mid_side_stft
 from pipelines.errors import BadInput
+from training.recipes import model_settings, recipe_settings
 from training.spectral import reconstruction_loss
 
 DEFAULTS = {
@@ -116,17 +117,8 @@ class CodecRecipe:
     name = "codec"
 
     def __init__(self, config: dict, data_dir: Path):
-        config = {k: v for k, v in (config or {}).items() if k != "seed"}  # the trainer adds its seed
-        unknown = sorted(set(config) - set(DEFAULTS))
-        if unknown:
-            raise BadInput(
-                f"Unknown codec recipe setting '{unknown[0]}'; known: {', '.join(sorted(DEFAULTS))}."
-            )
-        self.config = {**DEFAULTS, **config}
-        known = set(CodecConfig.__dataclass_fields__)
-        bad = sorted(set(self.config["codec"]) - known)
-        if bad:
-            raise BadInput(f"Unknown codec setting '{bad[0]}'; known: {', '.join(sorted(known))}.")
+        self.config = recipe_settings("codec", config, DEFAULTS)
+        model_settings("codec", self.config["codec"], set(CodecConfig.__dataclass_fields__))
         self.codec_config = CodecConfig(**self.config["codec"])
         self.model = CodecModel(self.codec_config)
         hop = self.codec_config.latent_hop

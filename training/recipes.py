@@ -42,6 +42,25 @@ class Recipe(Protocol):
     #   init_from_bundle(bundle, modules) -> None              custom --init mapping (default: by file name)
 
 
+def recipe_settings(recipe: str, config: dict | None, defaults: dict) -> dict:
+    """A recipe's settings: its defaults overridden by `config` (less the trainer's `seed`); unknown keys
+    are a BadInput naming the known ones."""
+    config = {k: v for k, v in (config or {}).items() if k != "seed"}  # the trainer adds its seed
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise BadInput(
+            f"Unknown {recipe} recipe setting '{unknown[0]}'; known: {', '.join(sorted(defaults))}."
+        )
+    return {**defaults, **config}
+
+
+def model_settings(what: str, settings: dict, known: set[str]) -> None:
+    """A model config table (`codec`, `dit`, ...) may only name fields its dataclass has."""
+    bad = sorted(set(settings) - known)
+    if bad:
+        raise BadInput(f"Unknown {what} setting '{bad[0]}'; known: {', '.join(sorted(known))}.")
+
+
 def _lazy(module: str, attr: str) -> Callable[[dict, Path], Recipe]:
     """A factory that imports its recipe module only when that recipe is used."""
 
@@ -54,6 +73,9 @@ def _lazy(module: str, attr: str) -> Callable[[dict, Path], Recipe]:
 RECIPES: dict[str, Callable[[dict, Path], Recipe]] = {
     "toy": _lazy("training.toy_recipe", "ToyRecipe"),
     "codec": _lazy("training.codec_recipe", "CodecRecipe"),
+    "static": _lazy("training.static_recipe", "StaticRecipe"),
+    "ssl-embedder": _lazy("training.embedder_recipe", "SSLEmbedderRecipe"),
+    "judge-embedder": _lazy("training.embedder_recipe", "JudgeEmbedderRecipe"),
 }
 
 
