@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from pipelines.errors import BadInput
 
+DEFAULT_NAME = "all-MiniLM-L6-v2"  # what bundles record for the packaged default; load() maps it
 DEFAULT_MAX_TOKENS = 64  # captions are short; 64 word pieces is ~45 words
 DEFAULT_CACHE_SIZE = 4096
 
@@ -76,10 +77,12 @@ class TextEncoder:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> TextEncoder:
-        """The encoder at a local folder or an already-downloaded hub id (None: all-MiniLM-L6-v2)."""
+        """The encoder at a local folder or an already-downloaded hub id (None or DEFAULT_NAME: the packaged
+        all-MiniLM-L6-v2)."""
         from transformers import AutoModel, AutoTokenizer
 
-        source = str(default_text_encoder_path()) if name_or_path is None else str(name_or_path)
+        packaged = name_or_path is None or name_or_path == DEFAULT_NAME
+        source = str(default_text_encoder_path()) if packaged else str(name_or_path)
         folder = Path(source).expanduser()
         if (folder.is_absolute() or source.startswith((".", "~"))) and not folder.is_dir():
             raise BadInput(

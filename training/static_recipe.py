@@ -28,13 +28,12 @@ from pipelines.codec import Codec, default_codec_path, load_codec
 from pipelines.controls import CONTROL_NAMES, drop_controls
 from pipelines.dit import DiT, DiTConfig
 from pipelines.errors import BadInput
-from pipelines.text_encoder import TextEncoder
+from pipelines.text_encoder import DEFAULT_NAME, TextEncoder
 from training.recipes import model_settings, recipe_settings
 
-DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"  # the name a bundle records for TextEncoder.load(None)
 DEFAULTS = {
     "codec": None,  # codec bundle folder whose latent cache is read; None: the bundled assets/codec
-    "text_encoder": DEFAULT_TEXT_ENCODER,  # or a local folder of another transformers encoder
+    "text_encoder": DEFAULT_NAME,  # or a local folder of another transformers encoder
     "dit": {},  # DiTConfig overrides (latent_channels, text_dim and controls follow the codec and encoder)
     "segment_frames": 259,  # ~6 s at 43.07 Hz
     "t_mean": 0.0,  # logit-normal timesteps: t = sigmoid(t_mean + t_std * n)
@@ -101,8 +100,7 @@ class StaticRecipe:
         # loading theirs: keep those draws out of the seeded stream, so the DiT's init depends on the seed only.
         with torch.random.fork_rng(devices=[]):
             self.codec: Codec = load_codec(self.codec_path)
-            name = cfg["text_encoder"]
-            self.text_encoder = TextEncoder.load(None if name == DEFAULT_TEXT_ENCODER else name)
+            self.text_encoder = TextEncoder.load(cfg["text_encoder"])
         dit = {
             "latent_channels": self.codec.channels,
             "text_dim": self.text_encoder.dim,
