@@ -80,6 +80,9 @@ class TextEncoder:
         """The encoder at a local folder or an already-downloaded hub id (None or DEFAULT_NAME: the packaged
         all-MiniLM-L6-v2)."""
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a 0.1 s load needs no bar, and it garbles one-line CLI errors
 
         packaged = name_or_path is None or name_or_path == DEFAULT_NAME
         source = str(default_text_encoder_path()) if packaged else str(name_or_path)
