@@ -248,6 +248,29 @@ def _phase(times: np.ndarray, marks: np.ndarray, gap: float) -> np.ndarray:
 # ---------------------------------------------------------------- per frame
 
 
+def frame_pitch(y: np.ndarray, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """YIN f0 (Hz) and voicing (0/1) of a mono ANALYSIS_RATE signal, one per centred frame k * hop.
+
+    The same torch YIN the codec uses (pipelines/harmonic.py): ~100x faster than pyin, which made
+    measuring a corpus' controls cost about real time. Tracks are median-smoothed over 3 frames.
+    """
+    import torch
+
+    from pipelines.harmonic import yin_f0
+
+    x = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))[None]
+    if x.shape[-1] <= PYIN_FRAME // 2:
+        x = torch.nn.functional.pad(x, (0, PYIN_FRAME // 2 + 1 - x.shape[-1]))
+    f0, voiced = yin_f0(
+        x, n_fft=PYIN_FRAME, hop=hop, sample_rate=ANALYSIS_RATE, fmin=F0_MIN_HZ + 1, fmax=F0_MAX_HZ
+    )
+    f0, voiced = f0[0].numpy(), voiced[0].numpy()
+    if len(f0) >= 3:
+        f0 = np.median(np.stack([np.roll(f0, 1), f0, np.roll(f0, -1)]), axis=0)
+        voiced = np.median(np.stack([np.roll(voiced, 1), voiced, np.roll(voiced, -1)]), axis=0)
+    return f0.astype(np.float32), voiced.astype(np.float32)
+
+
 def analyze_frames(
     audio: Audio,
     frame_rate: float,
@@ -255,13 +278,15 @@ def analyze_frames(
     beats_s: np.ndarray | list[float] | None = None,
     bars_s: np.ndarray | list[float] | None = None,
     beats_per_bar: int = BEATS_PER_BAR,
-    pitch: bool = True,
+    pitch: bool | str = True,
 ) -> FrameFeatures:
     """Per-frame controls at `frame_rate` Hz: T = ceil(n / (sample_rate / frame_rate)) frames, frame k at k/frame_rate s.
 
     Known beat and bar times (a rendered corpus clip, a grid the user set) replace the estimates;
     `beats_per_bar` is the meter used to find bars that are not given (and to extend a single bar).
-    `pitch=False` skips pyin (the slowest part) and leaves f0 and voicing at zero.
+    Pitch is the fast torch YIN of `frame_pitch` (controls: a corpus' worth must be cheap); `pitch="pyin"`
+    uses librosa's pyin instead (clip descriptions and evaluation: slower, but a measurement that is not
+    ours, with an HMM that rejects octave jumps). `pitch=False` skips pitch tracking and leaves f0 and voicing at zero.
     """
     import librosa
 
@@ -284,13 +309,18 @@ def analyze_frames(
     brightness = on_frames(_centroid(magnitude))
 
     if pitch:
-        f0, _, voiced_prob = librosa.pyin(
-            y, fmin=F0_MIN_HZ, fmax=F0_MAX_HZ, sr=ANALYSIS_RATE, frame_length=PYIN_FRAME, hop_length=hop
-        )
+        if pitch == "pyin":
+            f0, _, voiced = librosa.pyin(
+                y, fmin=F0_MIN_HZ, fmax=F0_MAX_HZ, sr=ANALYSIS_RATE, frame_length=PYIN_FRAME, hop_length=hop
+            )
+            f0 = np.nan_to_num(f0, nan=0.0)
+        else:
+            f0, voiced = frame_pitch(y, hop)
+            f0 = f0 * voiced
         # nearest frame, not interpolation: a blend of a voiced and an unvoiced frame is no pitch at all
         index = np.clip(np.round(times * ANALYSIS_RATE / hop).astype(int), 0, len(f0) - 1)
-        f0_hz = np.nan_to_num(f0[index], nan=0.0).astype(np.float32)
-        voicing = voiced_prob[index].astype(np.float32)
+        f0_hz = f0[index].astype(np.float32)
+        voicing = voiced[index].astype(np.float32)
     else:
         f0_hz = np.zeros(n_frames, dtype=np.float32)
         voicing = np.zeros(n_frames, dtype=np.float32)
@@ -355,7 +385,7 @@ def analyze_clip(audio: Audio) -> ClipAnalysis:
     """Tempo, pitch, key, loudness, brightness and shape of a whole clip (runs pyin: about real time / 10)."""
     import librosa
 
-    frames = analyze_frames(audio, ANALYSIS_RATE / CLIP_HOP)
+    frames = analyze_frames(audio, ANALYSIS_RATE / CLIP_HOP, pitch="pyin")
     audible = frames.loudness_db > max(frames.loudness_db.max() - 40.0, FLOOR_DB + 1.0)
     voiced = (frames.f0_hz > 0) & audible
     f0 = note = None

@@ -23,6 +23,7 @@ from torch import nn
 
 from pipelines.audio import Audio
 from pipelines.errors import BadInput
+from pipelines.harmonic import harmonic_stft, yin_f0
 
 
 @dataclass
@@ -36,6 +37,13 @@ class CodecConfig:
     dec_dim: int = 256
     dec_blocks: int = 6  # at the STFT frame rate
     latent_blocks: int = 2  # at the latent rate, in both encoder and decoder
+    # Harmonic path (0 = off, the first bundled codec): the encoder also sees a YIN pitch track, and the
+    # decoder predicts one f0 per frame plus `harmonics` amplitudes per mid/side channel, rendered exactly
+    # into the STFT (pipelines/harmonic.py) and summed with the magnitude/phase head, which keeps noise,
+    # drums and whatever else is not one harmonic source.
+    harmonics: int = 0
+    f0_min: float = 30.0
+    f0_octaves: float = 7.0  # predicted f0 spans f0_min .. f0_min * 2 ** f0_octaves
 
     @property
     def latent_hop(self) -> int:
@@ -88,21 +96,36 @@ def mid_side_stft(wav: torch.Tensor, cfg: CodecConfig) -> torch.Tensor:
     return spec.reshape(b, 2, cfg.bins, -1)
 
 
+def pitch_track(wav: torch.Tensor, cfg: CodecConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """YIN f0 and voicing of the mid channel per STFT frame: [B, 2, N] -> ([B, N / hop + 1], same)."""
+    return yin_f0(mid_side(wav)[:, 0], n_fft=cfg.n_fft, hop=cfg.hop, sample_rate=cfg.sample_rate)
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.cfg = cfg
-        self.inp = nn.Conv1d(2 * cfg.bins, cfg.enc_dim, kernel_size=1)
+        extra = 2 if cfg.harmonics else 0  # voiced log-f0 and voicing
+        self.inp = nn.Conv1d(2 * cfg.bins + extra, cfg.enc_dim, kernel_size=1)
         self.frames = stack(cfg.enc_dim, cfg.enc_blocks)
         self.down = nn.Conv1d(cfg.enc_dim, cfg.enc_dim, kernel_size=4, stride=2, padding=1)
         self.latent = stack(cfg.enc_dim, cfg.latent_blocks)
         self.norm = nn.LayerNorm(cfg.enc_dim, eps=1e-6)
         self.out = nn.Conv1d(cfg.enc_dim, cfg.latent_dim, kernel_size=1)
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        """[B, 2, N] with N a multiple of the latent hop -> raw latent [B, latent_dim, N / latent_hop]."""
+    def forward(
+        self, wav: torch.Tensor, pitch: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """[B, 2, N] with N a multiple of the latent hop -> raw latent [B, latent_dim, N / latent_hop].
+
+        `pitch` is pitch_track(wav) when the caller already has it (training reuses it as the f0 target).
+        """
         spec = mid_side_stft(wav, self.cfg)
         feats = torch.log(spec.abs().clamp(min=1e-5)).flatten(1, 2)
+        if self.cfg.harmonics:
+            f0, voiced = pitch if pitch is not None else pitch_track(wav, self.cfg)
+            track = torch.stack([(torch.log2(f0) - 8.0) * voiced, voiced], dim=1)
+            feats = torch.cat([feats, track.to(feats.dtype)], dim=1)
         h = self.down(self.frames(self.inp(feats)))
         h = self.norm(self.latent(h).transpose(1, 2)).transpose(1, 2)
         return self.out(h)
@@ -118,28 +141,59 @@ class Decoder(nn.Module):
         self.frames = stack(cfg.dec_dim, cfg.dec_blocks)
         self.norm = nn.LayerNorm(cfg.dec_dim, eps=1e-6)
         self.head = nn.Linear(cfg.dec_dim, 2 * 2 * cfg.bins)  # (log-magnitude, phase) x (mid, side)
+        if cfg.harmonics:
+            # f0, then per harmonic: mid log-amplitude and side/mid ratio (a per-harmonic pan).
+            self.harmonic_head = nn.Linear(cfg.dec_dim, 1 + 2 * cfg.harmonics)
 
     def trunk(self, z: torch.Tensor) -> torch.Tensor:
-        """Raw latent [B, C, T] -> head output [B, 2T + 1, 4 * bins] (the float-heavy part)."""
+        """Raw latent [B, C, T] -> hidden frames [B, 2T + 1, dec_dim] (the float-heavy part)."""
         h = self.up(self.latent(self.inp(z)))
         h = F.pad(h, (0, 1), mode="replicate")  # centred STFT of N samples has N / hop + 1 frames
-        h = self.norm(self.frames(h).transpose(1, 2))
-        return self.head(h.to(self.head.weight.dtype))
+        return self.norm(self.frames(h).transpose(1, 2))
 
-    def spectrum(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Head output -> (magnitude, phase), each [B, T, 2 (mid, side), bins], in float32."""
+    def spectrum(self, h: torch.Tensor) -> Spectrum:
+        """Hidden frames -> the decoded spectrum's parts, in float32."""
         cfg = self.cfg
-        b, frames, _ = out.shape
-        out = out.float().reshape(b, frames, 2, 2, cfg.bins)
-        return torch.exp(out[:, :, :, 0].clamp(max=7.0)), out[:, :, :, 1]
+        b, frames, _ = h.shape
+        out = self.head(h.to(self.head.weight.dtype)).float().reshape(b, frames, 2, 2, cfg.bins)
+        spec = Spectrum(torch.exp(out[:, :, :, 0].clamp(max=7.0)), out[:, :, :, 1])
+        if cfg.harmonics:
+            hv = self.harmonic_head(h.to(self.harmonic_head.weight.dtype)).float()
+            spec.f0 = cfg.f0_min * torch.exp2(cfg.f0_octaves * torch.sigmoid(hv[..., 0]))
+            mid = torch.exp(hv[..., 1 : 1 + cfg.harmonics].clamp(max=4.0) - 5.0)
+            spec.amps = torch.stack([mid, mid * torch.tanh(hv[..., 1 + cfg.harmonics :])], dim=2)
+        return spec
 
-    def synthesize(self, mag: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-        """(magnitude, phase) [B, T, 2, bins] -> waveform [B, 2, (T - 1) * hop], in float32."""
-        spec = torch.view_as_complex(torch.stack([mag * torch.cos(phase), mag * torch.sin(phase)], dim=-1))
-        return left_right(overlap_add_istft(spec.transpose(1, 2), self.cfg.n_fft, self.cfg.hop))
+    def complex_spectrum(self, spec: Spectrum) -> torch.Tensor:
+        """The decoded STFT of mid and side, complex [B, 2, bins, T]."""
+        cfg = self.cfg
+        out = torch.polar(spec.mag, spec.phase).permute(0, 2, 3, 1)
+        if spec.f0 is not None:
+            b, frames = spec.f0.shape
+            f0 = spec.f0.detach().repeat_interleave(2, dim=0)  # f0 learns from its pitch target only
+            amps = spec.amps.transpose(1, 2).reshape(2 * b, frames, cfg.harmonics)
+            harm = harmonic_stft(f0, amps, n_fft=cfg.n_fft, hop=cfg.hop, sample_rate=cfg.sample_rate)
+            out = out + harm.reshape(b, 2, cfg.bins, frames)
+        return out
+
+    def synthesize(self, spec: Spectrum) -> torch.Tensor:
+        """Decoded spectrum -> waveform [B, 2, (T - 1) * hop], in float32."""
+        stft = self.complex_spectrum(spec).transpose(2, 3)  # [B, 2, T, bins]
+        return left_right(overlap_add_istft(stft, self.cfg.n_fft, self.cfg.hop))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.synthesize(*self.spectrum(self.trunk(z)))
+        return self.synthesize(self.spectrum(self.trunk(z)))
+
+
+@dataclass
+class Spectrum:
+    """What the decoder predicts per STFT frame: residual magnitude and phase [B, T, 2 (mid, side), bins],
+    and with the harmonic path, f0 [B, T] in Hz and harmonic amplitudes [B, T, 2, harmonics]."""
+
+    mag: torch.Tensor
+    phase: torch.Tensor
+    f0: torch.Tensor | None = None
+    amps: torch.Tensor | None = None
 
 
 def overlap_add_istft(spec: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
@@ -210,6 +264,8 @@ class Codec:
         if bf16:
             self.decoder = copy.deepcopy(model.decoder).to(torch.bfloat16)
             self.decoder.head.float()
+            if model.cfg.harmonics:
+                self.decoder.harmonic_head.float()  # f0 feeds a phase integral: keep it exact
 
     @property
     def latent_rate(self) -> float:
@@ -243,8 +299,8 @@ class Codec:
         if z.dim() == 2:
             z = z[None]
         z = self.model.denormalise(z.float())
-        out = self.decoder.trunk(z.to(next(self.decoder.parameters()).dtype))
-        wav = self.decoder.synthesize(*self.decoder.spectrum(out))[0]
+        h = self.decoder.trunk(z.to(next(self.decoder.parameters()).dtype))
+        wav = self.decoder.synthesize(self.decoder.spectrum(h))[0]
         if n_samples is not None:
             wav = wav[:, :n_samples]
         return Audio(wav.numpy().astype("float32"), self.cfg.sample_rate)

@@ -56,3 +56,55 @@ def harmonic_stft(
     out = torch.zeros(f0_hz.shape[0], frames, bins, dtype=values.dtype, device=f0_hz.device)
     out.scatter_add_(2, k.clamp(0, bins - 1).long().flatten(2), values.flatten(2))
     return out.transpose(1, 2)
+
+
+def yin_f0(
+    x: torch.Tensor,
+    *,
+    n_fft: int,
+    hop: int,
+    sample_rate: int,
+    fmin: float = 45.0,
+    fmax: float = 2000.0,
+    threshold: float = 0.15,
+    silence: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """YIN pitch per centred STFT frame (de Cheveigne & Kawahara 2002), batched in torch.
+
+    x [B, N] -> (f0_hz [B, N / hop + 1], voiced [B, frames] in {0, 1}). Each frame is the n_fft samples a
+    centred STFT frame covers; lags go up to n_fft / 2, so fmin must exceed 2 * sample_rate / n_fft.
+    Unvoiced frames (no dip under `threshold`, or RMS under `silence`) get the best lag's f0 anyway.
+    """
+    half = n_fft // 2
+    tau_min, tau_max = max(2, int(sample_rate / fmax)), min(half - 1, int(math.ceil(sample_rate / fmin)))
+    frames = torch.nn.functional.pad(x[:, None].float(), (half, half), mode="reflect")[:, 0]
+    frames = frames.unfold(-1, n_fft, hop)  # [B, T, n_fft]
+    head = frames[..., :half]
+    size = 2 * n_fft
+    corr = torch.fft.irfft(torch.fft.rfft(frames, n=size) * torch.fft.rfft(head.flip(-1), n=size), n=size)
+    # Cross-correlation sum_j head_j frames_{j + tau}: with the reversed head it is a convolution at half-1+tau.
+    corr = corr[..., half - 1 : half - 1 + half + 1]  # tau = 0..half
+    sq = torch.nn.functional.pad(frames.square().cumsum(-1), (1, 0))
+    energy_head = sq[..., half : half + 1]
+    tau = torch.arange(half + 1, device=x.device)
+    energy_lag = sq[..., tau + half] - sq[..., tau]
+    diff = (energy_head + energy_lag - 2 * corr).clamp(min=0)
+    cum = diff[..., 1:].cumsum(-1)
+    cmnd = torch.ones_like(diff)
+    cmnd[..., 1:] = diff[..., 1:] * tau[1:] / cum.clamp(min=1e-12)
+    search = cmnd[..., tau_min : tau_max + 1]
+    local_min = torch.ones_like(search, dtype=torch.bool)
+    local_min[..., 1:-1] = (search[..., 1:-1] <= search[..., :-2]) & (search[..., 1:-1] <= search[..., 2:])
+    below = local_min & (search < threshold)
+    first = torch.argmax(below.int(), dim=-1)
+    best = torch.where(below.any(-1), first, torch.argmin(search, dim=-1))
+    # Parabolic interpolation around the chosen lag.
+    i = best.clamp(1, search.shape[-1] - 2)
+    a, b, c = (search.gather(-1, (i + d)[..., None])[..., 0] for d in (-1, 0, 1))
+    denom = a - 2 * b + c
+    shift = torch.where(denom.abs() > 1e-9, 0.5 * (a - c) / denom, torch.zeros_like(denom)).clamp(-1, 1)
+    lag = (i + tau_min).float() + torch.where(best == i, shift, torch.zeros_like(shift))
+    f0 = sample_rate / lag
+    rms = head.square().mean(-1).sqrt()
+    voiced = (below.any(-1) & (rms > silence)).float()
+    return f0, voiced

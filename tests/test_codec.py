@@ -73,6 +73,29 @@ def test_bf16_decode_matches_float32():
     assert np.abs(a - b).max() < 0.05 * np.abs(a).max() + 1e-4
 
 
+def test_harmonic_codec_renders_its_predicted_pitch():
+    """With the harmonic path, the decoder's f0 and amplitudes become an exact comb in the output."""
+    torch.manual_seed(0)
+    cfg = CodecConfig(**TINY, harmonics=8)
+    model = CodecModel(cfg)
+    wav = torch.randn(1, 2, 8192) * 0.1
+    assert model.encode(wav).shape == (1, 8, 8)
+    spec = model.decoder.spectrum(model.decoder.trunk(torch.randn(1, 8, 20)))
+    frames = spec.mag.shape[1]
+    assert spec.f0.shape == (1, frames) and spec.amps.shape == (1, frames, 2, 8)
+    assert float(spec.f0.min()) >= cfg.f0_min and float(spec.f0.max()) <= cfg.f0_min * 2**cfg.f0_octaves
+    # Silence the residual and force a 220 Hz fundamental: the output's spectrum peaks at 220 Hz.
+    spec.mag = torch.zeros_like(spec.mag)
+    spec.f0 = torch.full_like(spec.f0, 220.0)
+    spec.amps = torch.zeros_like(spec.amps)
+    spec.amps[:, :, 0, 0] = 0.5
+    y = model.decoder.synthesize(spec)[0, 0].detach()
+    peak_hz = float(torch.fft.rfft(y).abs().argmax()) * 44100 / len(y)
+    assert abs(peak_hz - 220.0) < 44100 / len(y) + 1e-6
+    codec = Codec(model, bf16=True)
+    assert codec.decoder.harmonic_head.weight.dtype == torch.float32
+
+
 def test_spectral_metrics_zero_on_identity_and_ordered():
     t = torch.arange(44100) / 44100
     x = torch.stack([torch.sin(2 * torch.pi * 440 * t)] * 2) * 0.5

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.harmonic import harmonic_stft
+from pipelines.harmonic import harmonic_stft, yin_f0
 
 SR, N_FFT, HOP = 44100, 2048, 512
 
@@ -57,3 +57,21 @@ def test_harmonics_above_nyquist_are_silent():
     assert torch.equal(three, one)
     peak_bin = int(one.abs().sum(-1)[0].argmax())
     assert abs(peak_bin * SR / N_FFT - 15000) < 30
+
+
+@pytest.mark.parametrize("f0", [55.0, 262.0, 880.0, 1500.0])
+def test_yin_tracks_a_harmonic_tone_within_a_few_cents(f0):
+    t = np.arange(SR * 2) / SR
+    x = sum((0.3 / h) * np.sin(2 * math.pi * f0 * h * t + h) for h in range(1, 8)).astype(np.float32)
+    track, voiced = yin_f0(torch.from_numpy(x)[None], n_fft=N_FFT, hop=HOP, sample_rate=SR)
+    inner = track[0, 4:-4]
+    cents = 1200 * torch.log2(inner / f0).abs()
+    assert track.shape == (1, len(x) // HOP + 1)
+    assert float(cents.max()) < 5 and float(voiced[0, 4:-4].mean()) == 1.0
+
+
+def test_yin_calls_noise_and_silence_unvoiced():
+    torch.manual_seed(0)
+    for x in (torch.randn(2, SR) * 0.1, torch.zeros(2, SR)):
+        track, voiced = yin_f0(x, n_fft=N_FFT, hop=HOP, sample_rate=SR)
+        assert float(voiced.mean()) < 0.05 and bool(torch.isfinite(track).all())
