@@ -78,6 +78,15 @@ _unit = _float_in(0, 1, low_open=False)
 _bpm = _float_in(20, 400, low_open=False)
 
 
+def _samples(text: str) -> int:
+    value = _number(text, int, "--samples")
+    if not 5 <= value <= 1000:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 5 (CCDS diversity needs them) and at most 1000, not {value}"
+        )
+    return value
+
+
 def _port(text: str) -> int:
     value = _number(text, int, "the port")
     if not 1 <= value <= 65535:
@@ -162,6 +171,69 @@ def _codec_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    from pipelines.audio import check_output_path
+    from pipelines.errors import BadInput
+
+    if args.from_file and args.prompt is not None:
+        raise BadInput("Give either a PROMPT or --from FILE, not both.")
+    if not args.from_file and args.prompt is None:
+        raise BadInput("Give a PROMPT to generate from, or --from FILE to remake a sound.")
+    out = check_output_path(args.output)
+    outs = [out]
+    if args.variations > 1:
+        outs = [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(1, args.variations + 1)]
+    from pipelines.generator import load_generator, read_settings, settings_path, settings_record
+
+    settings: dict = {"prompt": args.prompt, "seconds": 10.0}
+    model, made_with = args.model, None
+    if args.from_file:
+        stored, record = read_settings(args.from_file)
+        settings, made_with = vars(stored), record.get("model_hash")
+        if model is None and record.get("model") and Path(record["model"]).is_dir():
+            model = record["model"]
+    flags = {"seconds": args.seconds, "steps": args.steps, "seed": args.seed}
+    settings.update({k: v for k, v in flags.items() if v is not None})  # flags given override the file
+    gen = load_generator(model)
+    if made_with is not None and made_with != gen.bundle_hash:
+        warnings.warn(
+            f"{gen.bundle_path} is not the model bundle that made {args.from_file}, so the sound will differ.",
+            stacklevel=2,
+        )
+
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(state: dict) -> None:  # the bar starts at the first step, so bad input never draws one
+        nonlocal bar
+        if bar is None:
+            total = gen.last_settings.steps if gen.last_settings else None
+            bar = tqdm(total=total, desc="generating", unit="step", disable=not sys.stderr.isatty())
+        bar.update(1)
+
+    try:
+        audios = gen.generate_variations(**settings, variations=args.variations, callback=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    from pipelines.atomic_files import write_atomic
+    from pipelines.audio import save_audio
+
+    used = gen.last_settings
+    print(f"seed {used.seed}")
+    for i, (audio, path) in enumerate(zip(audios, outs)):
+        record = settings_record(replace(used, seed=used.seed + i), gen)  # remakes this file alone
+        save_audio(audio, path)
+        write_atomic(settings_path(path), json.dumps(record, indent=2) + "\n")
+        print(f"wrote {path}" + (f" (seed {used.seed + i})" if len(outs) > 1 else ""))
+    return 0
+
+
 def _dataset_build(args: argparse.Namespace) -> int:
     out = _output_dir(args.out, "--out")
     from training.corpus import build_corpus
@@ -226,6 +298,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "generate":
+        return _bench_generate(args)
     if args.what != "codec":
         return _not_yet(f"bench {args.what}")(args)
     data = _existing_dir(args.data, "--data") if args.data else None
@@ -233,6 +307,42 @@ def _bench(args: argparse.Namespace) -> int:
     from training.bench_codec import run
 
     run(json_out, data=data, model=args.model, update_card=args.update_card)  # prints its own table
+    return 0
+
+
+def _bench_generate(args: argparse.Namespace) -> int:
+    from pipelines.errors import BadInput
+
+    for flag, given in (("--data", args.data), ("--update-card", args.update_card)):
+        if given:
+            raise BadInput(f"{flag} is for `{PROG} bench codec`; `bench generate` takes --model and --json.")
+    json_out = _output_file(args.json, "--json") if args.json else None
+    from training.bench_generate import run_bench
+
+    run_bench(args.model, json_out)  # prints its own table
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    model = _existing_dir(args.model, "--model")
+    prompts = _existing_file(args.prompts, "--prompts")
+    data = _existing_dir(args.data, "--data") if args.data else None
+    judge = _existing_dir(args.judge, "--judge") if args.judge else None
+    json_out = _output_file(args.json, "--json") if args.json else None
+    from training.evaluate import run
+
+    run(  # prints its own table
+        model,
+        prompts,
+        data=data,
+        judge_path=judge,
+        steps=args.steps,
+        samples=args.samples,
+        seed=args.seed,
+        max_prompts=args.max_prompts,
+        split=args.split,
+        json_out=json_out,
+    )
     return 0
 
 
@@ -331,15 +441,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=7860)
     model(p)
 
-    p = verb("generate", "make sound from a text prompt", _not_yet("generate"))
+    p = verb("generate", "make sound from a text prompt", _generate)
+    p.epilog = (
+        "Beside each output file goes its settings (prompt, seconds, steps, seed, guidance, sampler and "
+        "the model bundle's hash) as OUT.json, e.g. song.wav.json: a plain sidecar file, so every format "
+        "carries them the same way. `--from song.wav` reads song.wav.json and makes the same sound again; "
+        "--seconds, --steps and --seed given with --from override the stored values."
+    )
     p.add_argument("prompt", nargs="?", metavar="PROMPT")
     p.add_argument(
-        "--from", dest="from_file", metavar="FILE", help="reproduce from a file's embedded settings"
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        help="remake a generated file from the settings in its sidecar FILE.json",
     )
-    p.add_argument("--seconds", type=_seconds, default=10.0)
-    p.add_argument("--steps", type=_positive_int)
-    p.add_argument("--seed", type=_seed)
-    p.add_argument("--variations", type=_positive_int, default=1)
+    p.add_argument("--seconds", type=_seconds, help="length in seconds (default 10)")
+    p.add_argument("--steps", type=_positive_int, help="sampling steps (default: the model's, 50)")
+    p.add_argument("--seed", type=_seed, help="seed for the noise (default: random, printed)")
+    p.add_argument(
+        "--variations",
+        type=_positive_int,
+        default=1,
+        metavar="V",
+        help="make V sounds (seeds SEED..SEED+V-1) written as OUT_1 .. OUT_V before the extension",
+    )
     model(p)
     output(p)
 
@@ -451,11 +576,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive_int)
     p.add_argument("--out", required=True, metavar="DIR")
 
-    p = verb("eval", "evaluate a model", _not_yet("eval"))
+    p = verb("eval", "evaluate a model", _eval)
     model(p, required=True)
-    p.add_argument("--prompts", required=True, metavar="FILE")
-    p.add_argument("--steps", type=_positive_int)
-    p.add_argument("--json", metavar="OUT")
+    p.add_argument(
+        "--prompts", required=True, metavar="FILE", help="JSON Lines prompts (assets/prompts/dev.jsonl)"
+    )
+    p.add_argument("--steps", type=_positive_int, help="sampling steps (default: the bundle's)")
+    p.add_argument("--json", metavar="OUT", help="also write every figure and generation as JSON")
+    p.add_argument(
+        "--data", metavar="DIR", help="corpus to compare with (default: the one in the model card)"
+    )
+    p.add_argument("--split", choices=["test", "val"], default="test", help="report on test, tune on val")
+    p.add_argument("--judge", metavar="BUNDLE", help="judge embedder bundle (default: assets/judge)")
+    p.add_argument(
+        "--samples", type=_samples, default=5, metavar="K", help="generations per prompt (at least 5)"
+    )
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument(
+        "--max-prompts", type=_positive_int, metavar="N", help="evenly spaced subset, for quick runs"
+    )
 
     p = verb("bench", "measure speed and quality", _bench)
     p.add_argument("what", choices=["codec", "generate", "pipelines"])

@@ -37,13 +37,13 @@ class CodecConfig:
     dec_dim: int = 256
     dec_blocks: int = 6  # at the STFT frame rate
     latent_blocks: int = 2  # at the latent rate, in both encoder and decoder
-    # Harmonic path (0 = off, the first bundled codec): the encoder also sees a YIN pitch track, and the
-    # decoder predicts one f0 per frame plus `harmonics` amplitudes per mid/side channel, rendered exactly
-    # into the STFT (pipelines/harmonic.py) and summed with the magnitude/phase head, which keeps noise,
-    # drums and whatever else is not one harmonic source.
+    # Harmonic path (0 = off, the first bundled codec). The last two latent channels are then not learned
+    # but measured: the YIN log-f0 of the mid channel (held through unvoiced frames) and the voicing. The
+    # decoder renders `harmonics` partials of that f0 per mid/side channel exactly into the STFT
+    # (pipelines/harmonic.py), with amplitudes it predicts, and sums them with the magnitude/phase head,
+    # which keeps noise, drums and whatever else is not one harmonic source. Pitch is thus explicit in the
+    # latent: exact through the codec, and one smooth channel for the generator to draw.
     harmonics: int = 0
-    f0_min: float = 30.0
-    f0_octaves: float = 7.0  # predicted f0 spans f0_min .. f0_min * 2 ** f0_octaves
 
     @property
     def latent_hop(self) -> int:
@@ -56,6 +56,14 @@ class CodecConfig:
     @property
     def bins(self) -> int:
         return self.n_fft // 2 + 1
+
+    @property
+    def learned_dim(self) -> int:
+        """Latent channels the encoder learns (all but the two pitch channels of a harmonic codec)."""
+        return self.latent_dim - PITCH_CHANNELS if self.harmonics else self.latent_dim
+
+
+PITCH_CHANNELS = 2  # log2(f0 / 256 Hz), voicing
 
 
 class ConvNeXtBlock(nn.Module):
@@ -101,34 +109,72 @@ def pitch_track(wav: torch.Tensor, cfg: CodecConfig) -> tuple[torch.Tensor, torc
     return yin_f0(mid_side(wav)[:, 0], n_fft=cfg.n_fft, hop=cfg.hop, sample_rate=cfg.sample_rate)
 
 
+def hold_voiced(log_f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+    """Each unvoiced frame takes the previous voiced frame's value (the first voiced one before any);
+    a row with no voiced frame becomes 0 (256 Hz). [B, T] -> [B, T]."""
+    frames = torch.arange(log_f0.shape[-1], device=log_f0.device).expand_as(log_f0)
+    on = voiced > 0.5
+    last = torch.where(on, frames, torch.full_like(frames, -1)).cummax(dim=-1).values
+    first = (
+        torch.where(on, frames, torch.full_like(frames, log_f0.shape[-1])).flip(-1).cummin(-1).values.flip(-1)
+    )
+    source = torch.where(last >= 0, last, first).clamp(max=log_f0.shape[-1] - 1)
+    held = log_f0.gather(-1, source)
+    return torch.where(on.any(-1, keepdim=True), held, torch.zeros_like(held))
+
+
+def pitch_latent(f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+    """The two pitch channels at the latent rate from an STFT-rate track: [B, T] x2 -> [B, 2, (T - 1) / 2].
+
+    Latent frame j covers STFT frames 2j and 2j + 1 (the encoder's stride-2 conv); log-f0 is their
+    voicing-weighted mean, held through unvoiced frames."""
+    log_f0 = hold_voiced(torch.log2(f0 / 256.0), voiced)[:, :-1]
+    v = voiced[:, :-1]
+    b, t = log_f0.shape
+    log_f0, v = log_f0.reshape(b, t // 2, 2), v.reshape(b, t // 2, 2)
+    weight = v + 1e-3
+    return torch.stack([(log_f0 * weight).sum(-1) / weight.sum(-1), v.mean(-1)], dim=1)
+
+
+def pitch_frames(z_raw: torch.Tensor, frames: int) -> torch.Tensor:
+    """f0 in Hz per STFT frame from a raw latent's pitch channels, linearly interpolated: [B, C, T] -> [B, frames]."""
+    log_f0 = z_raw[:, -PITCH_CHANNELS].float()[:, None]
+    up = F.interpolate(log_f0, scale_factor=2, mode="linear", align_corners=False)[:, 0]
+    up = F.pad(up, (0, frames - up.shape[-1]), mode="replicate") if frames > up.shape[-1] else up[:, :frames]
+    return 256.0 * torch.exp2(up.clamp(-4.0, 4.0))  # 16 Hz .. 4 kHz
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.cfg = cfg
-        extra = 2 if cfg.harmonics else 0  # voiced log-f0 and voicing
+        extra = PITCH_CHANNELS if cfg.harmonics else 0  # the pitch track helps the learned channels too
         self.inp = nn.Conv1d(2 * cfg.bins + extra, cfg.enc_dim, kernel_size=1)
         self.frames = stack(cfg.enc_dim, cfg.enc_blocks)
         self.down = nn.Conv1d(cfg.enc_dim, cfg.enc_dim, kernel_size=4, stride=2, padding=1)
         self.latent = stack(cfg.enc_dim, cfg.latent_blocks)
         self.norm = nn.LayerNorm(cfg.enc_dim, eps=1e-6)
-        self.out = nn.Conv1d(cfg.enc_dim, cfg.latent_dim, kernel_size=1)
+        self.out = nn.Conv1d(cfg.enc_dim, cfg.learned_dim, kernel_size=1)
 
     def forward(
         self, wav: torch.Tensor, pitch: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
         """[B, 2, N] with N a multiple of the latent hop -> raw latent [B, latent_dim, N / latent_hop].
 
-        `pitch` is pitch_track(wav) when the caller already has it (training reuses it as the f0 target).
+        With the harmonic path the last two channels are the measured pitch (see CodecConfig).
         """
         spec = mid_side_stft(wav, self.cfg)
         feats = torch.log(spec.abs().clamp(min=1e-5)).flatten(1, 2)
         if self.cfg.harmonics:
-            f0, voiced = pitch if pitch is not None else pitch_track(wav, self.cfg)
-            track = torch.stack([(torch.log2(f0) - 8.0) * voiced, voiced], dim=1)
+            f0, voiced = pitch_track(wav, self.cfg)
+            track = torch.stack([torch.log2(f0 / 256.0) * voiced, voiced], dim=1)
             feats = torch.cat([feats, track.to(feats.dtype)], dim=1)
         h = self.down(self.frames(self.inp(feats)))
         h = self.norm(self.latent(h).transpose(1, 2)).transpose(1, 2)
-        return self.out(h)
+        z = self.out(h)
+        if self.cfg.harmonics:
+            z = torch.cat([z, pitch_latent(f0, voiced).to(z.dtype)], dim=1)
+        return z
 
 
 class Decoder(nn.Module):
@@ -142,8 +188,13 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.dec_dim, eps=1e-6)
         self.head = nn.Linear(cfg.dec_dim, 2 * 2 * cfg.bins)  # (log-magnitude, phase) x (mid, side)
         if cfg.harmonics:
-            # f0, then per harmonic: mid log-amplitude and side/mid ratio (a per-harmonic pan).
-            self.harmonic_head = nn.Linear(cfg.dec_dim, 1 + 2 * cfg.harmonics)
+            # per harmonic: mid log-amplitude and side/mid ratio (a per-harmonic pan)
+            self.harmonic_head = nn.Linear(cfg.dec_dim, 2 * cfg.harmonics)
+            # Start near silence (amplitudes ~1e-4): 64 partials at a stale f0 over a quiet clip would
+            # otherwise swamp its spectral convergence and stall training (measured: MR-STFT spiking to 43).
+            nn.init.normal_(self.harmonic_head.weight, std=0.01)
+            nn.init.constant_(self.harmonic_head.bias[: cfg.harmonics], -4.0)
+            nn.init.zeros_(self.harmonic_head.bias[cfg.harmonics :])
 
     def trunk(self, z: torch.Tensor) -> torch.Tensor:
         """Raw latent [B, C, T] -> hidden frames [B, 2T + 1, dec_dim] (the float-heavy part)."""
@@ -151,17 +202,17 @@ class Decoder(nn.Module):
         h = F.pad(h, (0, 1), mode="replicate")  # centred STFT of N samples has N / hop + 1 frames
         return self.norm(self.frames(h).transpose(1, 2))
 
-    def spectrum(self, h: torch.Tensor) -> Spectrum:
-        """Hidden frames -> the decoded spectrum's parts, in float32."""
+    def spectrum(self, h: torch.Tensor, z: torch.Tensor) -> Spectrum:
+        """Hidden frames (and the raw latent they came from, for its pitch) -> the spectrum's parts, float32."""
         cfg = self.cfg
         b, frames, _ = h.shape
         out = self.head(h.to(self.head.weight.dtype)).float().reshape(b, frames, 2, 2, cfg.bins)
         spec = Spectrum(torch.exp(out[:, :, :, 0].clamp(max=7.0)), out[:, :, :, 1])
         if cfg.harmonics:
             hv = self.harmonic_head(h.to(self.harmonic_head.weight.dtype)).float()
-            spec.f0 = cfg.f0_min * torch.exp2(cfg.f0_octaves * torch.sigmoid(hv[..., 0]))
-            mid = torch.exp(hv[..., 1 : 1 + cfg.harmonics].clamp(max=4.0) - 5.0)
-            spec.amps = torch.stack([mid, mid * torch.tanh(hv[..., 1 + cfg.harmonics :])], dim=2)
+            spec.f0 = pitch_frames(z, frames)
+            mid = torch.exp(hv[..., : cfg.harmonics].clamp(max=4.0) - 5.0)
+            spec.amps = torch.stack([mid, mid * torch.tanh(hv[..., cfg.harmonics :])], dim=2)
         return spec
 
     def complex_spectrum(self, spec: Spectrum) -> torch.Tensor:
@@ -170,7 +221,7 @@ class Decoder(nn.Module):
         out = torch.polar(spec.mag, spec.phase).permute(0, 2, 3, 1)
         if spec.f0 is not None:
             b, frames = spec.f0.shape
-            f0 = spec.f0.detach().repeat_interleave(2, dim=0)  # f0 learns from its pitch target only
+            f0 = spec.f0.repeat_interleave(2, dim=0)
             amps = spec.amps.transpose(1, 2).reshape(2 * b, frames, cfg.harmonics)
             harm = harmonic_stft(f0, amps, n_fft=cfg.n_fft, hop=cfg.hop, sample_rate=cfg.sample_rate)
             out = out + harm.reshape(b, 2, cfg.bins, frames)
@@ -182,13 +233,13 @@ class Decoder(nn.Module):
         return left_right(overlap_add_istft(stft, self.cfg.n_fft, self.cfg.hop))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.synthesize(self.spectrum(self.trunk(z)))
+        return self.synthesize(self.spectrum(self.trunk(z), z))
 
 
 @dataclass
 class Spectrum:
-    """What the decoder predicts per STFT frame: residual magnitude and phase [B, T, 2 (mid, side), bins],
-    and with the harmonic path, f0 [B, T] in Hz and harmonic amplitudes [B, T, 2, harmonics]."""
+    """What the decoder draws per STFT frame: residual magnitude and phase [B, T, 2 (mid, side), bins], and
+    with the harmonic path, f0 [B, T] in Hz (from the latent) and harmonic amplitudes [B, T, 2, harmonics]."""
 
     mag: torch.Tensor
     phase: torch.Tensor
@@ -265,7 +316,7 @@ class Codec:
             self.decoder = copy.deepcopy(model.decoder).to(torch.bfloat16)
             self.decoder.head.float()
             if model.cfg.harmonics:
-                self.decoder.harmonic_head.float()  # f0 feeds a phase integral: keep it exact
+                self.decoder.harmonic_head.float()
 
     @property
     def latent_rate(self) -> float:
@@ -300,7 +351,7 @@ class Codec:
             z = z[None]
         z = self.model.denormalise(z.float())
         h = self.decoder.trunk(z.to(next(self.decoder.parameters()).dtype))
-        wav = self.decoder.synthesize(self.decoder.spectrum(h))[0]
+        wav = self.decoder.synthesize(self.decoder.spectrum(h, z))[0]
         if n_samples is not None:
             wav = wav[:, :n_samples]
         return Audio(wav.numpy().astype("float32"), self.cfg.sample_rate)

@@ -182,10 +182,8 @@ def test_bench_json_under_a_file_is_refused(capsys, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "verb"),
     [
-        (["generate", "rain on a tin roof", "-o", "o.wav"], "generate"),
         (["voice", "in.wav", "a cello", "-o", "o.wav"], "voice"),
         (["live", "waves"], "live"),
-        (["bench", "generate"], "bench generate"),
     ],
 )
 def test_later_verbs_say_not_available(capsys, argv, verb):

@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 
 from pipelines.audio import Audio
-from pipelines.codec import Codec, CodecConfig, CodecModel, default_codec_path, overlap_add_istft
+from pipelines.codec import Codec, CodecConfig, CodecModel, default_codec_path, hold_voiced, overlap_add_istft
 from training.spectral import lsd_db, mel_distance_db, mrstft_distance, reconstruction_loss
 
 TINY = {"latent_dim": 8, "enc_dim": 16, "enc_blocks": 1, "dec_dim": 16, "dec_blocks": 1, "latent_blocks": 1}
@@ -73,27 +73,38 @@ def test_bf16_decode_matches_float32():
     assert np.abs(a - b).max() < 0.05 * np.abs(a).max() + 1e-4
 
 
-def test_harmonic_codec_renders_its_predicted_pitch():
-    """With the harmonic path, the decoder's f0 and amplitudes become an exact comb in the output."""
+def test_harmonic_codec_carries_pitch_in_the_latent_and_renders_it():
+    """With the harmonic path, the last two latent channels are the measured pitch, and the decoder
+    draws an exact comb at the f0 they hold."""
     torch.manual_seed(0)
     cfg = CodecConfig(**TINY, harmonics=8)
     model = CodecModel(cfg)
-    wav = torch.randn(1, 2, 8192) * 0.1
-    assert model.encode(wav).shape == (1, 8, 8)
-    spec = model.decoder.spectrum(model.decoder.trunk(torch.randn(1, 8, 20)))
+    t = torch.arange(44100) / 44100
+    tone = 0.3 * torch.sin(2 * torch.pi * 220.0 * t)
+    raw = model.encoder(torch.stack([tone, tone])[None])
+    assert raw.shape == (1, 8, 43)
+    f0_channel, voicing = raw[0, -2, 2:-2], raw[0, -1, 2:-2]
+    assert float((1200 * (f0_channel - np.log2(220 / 256))).abs().max()) < 5  # cents
+    assert float(voicing.min()) == 1.0
+    spec = model.decoder.spectrum(model.decoder.trunk(raw), raw)
     frames = spec.mag.shape[1]
     assert spec.f0.shape == (1, frames) and spec.amps.shape == (1, frames, 2, 8)
-    assert float(spec.f0.min()) >= cfg.f0_min and float(spec.f0.max()) <= cfg.f0_min * 2**cfg.f0_octaves
-    # Silence the residual and force a 220 Hz fundamental: the output's spectrum peaks at 220 Hz.
+    # Silence the residual and keep only the fundamental: the output's spectrum peaks at 220 Hz.
     spec.mag = torch.zeros_like(spec.mag)
-    spec.f0 = torch.full_like(spec.f0, 220.0)
     spec.amps = torch.zeros_like(spec.amps)
     spec.amps[:, :, 0, 0] = 0.5
     y = model.decoder.synthesize(spec)[0, 0].detach()
-    peak_hz = float(torch.fft.rfft(y).abs().argmax()) * 44100 / len(y)
-    assert abs(peak_hz - 220.0) < 44100 / len(y) + 1e-6
+    bin_hz = 44100 / len(y)
+    assert abs(float(torch.fft.rfft(y).abs().argmax()) * bin_hz - 220.0) <= bin_hz
     codec = Codec(model, bf16=True)
     assert codec.decoder.harmonic_head.weight.dtype == torch.float32
+
+
+def test_unvoiced_frames_hold_the_last_pitch():
+    log_f0 = torch.tensor([[5.0, 1.0, 9.0, 2.0, 7.0], [3.0, 3.0, 3.0, 3.0, 3.0]])
+    voiced = torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    held = hold_voiced(log_f0, voiced)
+    assert held.tolist() == [[1.0, 1.0, 1.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0, 0.0]]
 
 
 def test_spectral_metrics_zero_on_identity_and_ordered():

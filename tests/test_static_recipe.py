@@ -303,6 +303,8 @@ def test_static_recipe_refuses_bad_settings_and_a_missing_cache(cached_corpus, t
         StaticRecipe({"codec": str(codec), "dit": {"width": 3}}, data)
     with pytest.raises(BadInput, match="latent_channels"):
         StaticRecipe({"codec": str(codec), "dit": {"latent_channels": 32}}, data)
+    with pytest.raises(BadInput, match="categories"):
+        StaticRecipe({"codec": str(codec), "dit": TINY_DIT, "categories": ["note"]}, data).dataset_size()
     bare = make_corpus(tmp_path / "bare")  # the same clips, never encoded
     recipe = StaticRecipe({"codec": str(codec), "dit": TINY_DIT}, bare)
     with pytest.raises(BadInput, match="soundloom dataset encode"):

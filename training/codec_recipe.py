@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.codec import Codec, CodecConfig, CodecModel, mid_side_stft, pitch_track
+from pipelines.codec import Codec, CodecConfig, CodecModel, mid_side_stft
 from pipelines.errors import BadInput
 from training.recipes import model_settings, recipe_settings
 from training.spectral import reconstruction_loss
@@ -36,7 +36,6 @@ DEFAULTS = {
     "gain_db": 6.0,  # random gain range, +/-
     "bf16": True,  # autocast the encoder/decoder trunks (the losses stay float32)
     "phase_weight": 1.0,  # instantaneous-frequency + group-delay losses against the true mid/side STFT
-    "f0_weight": 1.0,  # harmonic codecs: L1 in octaves to the YIN track of the crop, on voiced frames
 }
 
 
@@ -158,31 +157,28 @@ class CodecRecipe:
         model: CodecModel = modules["codec"]
         cfg = self.config
         wav = self.batch(indices)
-        pitch = pitch_track(wav, self.codec_config) if self.codec_config.harmonics else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
-            z = model.encoder(wav, pitch)
+            z = model.encoder(wav)
         z = z.float()
-        mean, std = z.mean(dim=(0, 2)), z.std(dim=(0, 2))
+        learned = (
+            self.codec_config.learned_dim
+        )  # the measured pitch channels are neither regularised nor noised
+        mean, std = z[:, :learned].mean(dim=(0, 2)), z[:, :learned].std(dim=(0, 2))
         reg = (std - 1).square().mean() + mean.square().mean()
         sigma = cfg["latent_noise"] * torch.rand(z.shape[0], 1, 1)
+        noise = torch.randn_like(z)
+        noise[:, learned:] = 0
+        z = z + sigma * noise
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
-            h = model.decoder.trunk(z + sigma * torch.randn_like(z))
-        spec = model.decoder.spectrum(h)
+            h = model.decoder.trunk(z)
+        spec = model.decoder.spectrum(h, z)
         y = model.decoder.synthesize(spec)
         l_stft, l_mel = reconstruction_loss(y, wav)
         l_if, l_gd = phase_derivative_losses(spec.phase, wav, self.codec_config)
         loss = (
             l_stft + cfg["mel_weight"] * l_mel + cfg["reg_weight"] * reg + cfg["phase_weight"] * (l_if + l_gd)
         )
-        extra = {}
-        if pitch is not None:
-            f0, voiced = pitch
-            err = (torch.log2(spec.f0) - torch.log2(f0)).abs()
-            l_f0 = (err * voiced).sum() / voiced.sum().clamp(min=1.0)
-            loss = loss + cfg["f0_weight"] * l_f0
-            extra = {"f0_octaves": float(l_f0.detach()), "voiced": float(voiced.mean())}
         return loss, {
-            **extra,
             "mrstft": float(l_stft.detach()),
             "mel_l1": float(l_mel.detach()),
             "phase_if": float(l_if.detach()),

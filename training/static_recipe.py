@@ -36,6 +36,7 @@ DEFAULTS = {
     "text_encoder": DEFAULT_NAME,  # or a local folder of another transformers encoder
     "dit": {},  # DiTConfig overrides (latent_channels, text_dim and controls follow the codec and encoder)
     "segment_frames": 259,  # ~6 s at 43.07 Hz
+    "categories": None,  # train only on these corpus categories (e.g. ["note"] for the pitch go/no-go); None: all
     "t_mean": 0.0,  # logit-normal timesteps: t = sigmoid(t_mean + t_std * n)
     "t_std": 1.0,
     "p_drop_text": 0.1,
@@ -135,6 +136,14 @@ class StaticRecipe:
                 f"The corpus in {self.data_dir} has no train clips (clips are split by a hash of their "
                 "material, about 80% train); add more sounds to it."
             )
+        wanted = self.config["categories"]
+        if wanted is not None:
+            records = [r for r in records if r.get("params", {}).get("category") in set(wanted)]
+            if not records:
+                raise BadInput(
+                    f"The corpus in {self.data_dir} has no train clips in the categories {list(wanted)}; "
+                    "check the `categories` setting against the manifest's params.category."
+                )
         root = latent_root(self.data_dir, self.codec)
         missing = [r["id"] for r in records if not is_current(root / f"{r['id']}.safetensors")]
         if missing:
