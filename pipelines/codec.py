@@ -23,7 +23,7 @@ from torch import nn
 
 from pipelines.audio import Audio
 from pipelines.errors import BadInput
-from pipelines.harmonic import harmonic_stft, yin_f0
+from pipelines.harmonic import harmonic_stft, polar, yin_f0
 
 
 @dataclass
@@ -218,7 +218,7 @@ class Decoder(nn.Module):
     def complex_spectrum(self, spec: Spectrum) -> torch.Tensor:
         """The decoded STFT of mid and side, complex [B, 2, bins, T]."""
         cfg = self.cfg
-        out = torch.polar(spec.mag, spec.phase).permute(0, 2, 3, 1)
+        out = polar(spec.mag, spec.phase).permute(0, 2, 3, 1)
         if spec.f0 is not None:
             b, frames = spec.f0.shape
             f0 = spec.f0.repeat_interleave(2, dim=0)
