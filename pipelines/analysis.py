@@ -265,10 +265,13 @@ def frame_pitch(y: np.ndarray, hop: int) -> tuple[np.ndarray, np.ndarray]:
         x, n_fft=PYIN_FRAME, hop=hop, sample_rate=ANALYSIS_RATE, fmin=F0_MIN_HZ + 1, fmax=F0_MAX_HZ
     )
     f0, voiced = f0[0].numpy(), voiced[0].numpy()
-    if len(f0) >= 3:
-        f0 = np.median(np.stack([np.roll(f0, 1), f0, np.roll(f0, -1)]), axis=0)
-        voiced = np.median(np.stack([np.roll(voiced, 1), voiced, np.roll(voiced, -1)]), axis=0)
-    return f0.astype(np.float32), voiced.astype(np.float32)
+    return median3(f0).astype(np.float32), median3(voiced).astype(np.float32)
+
+
+def median3(x: np.ndarray) -> np.ndarray:
+    """Median over each frame and its two neighbours (edges repeat, so the ends never wrap around)."""
+    padded = np.pad(x, 1, mode="edge")
+    return np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
 
 
 def analyze_frames(

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tiny_models import TINY_CODEC as TINY
 
 from pipelines.audio import Audio
 from pipelines.codec import Codec, CodecConfig, CodecModel, default_codec_path, hold_voiced, overlap_add_istft
 from training.spectral import lsd_db, mel_distance_db, mrstft_distance, reconstruction_loss
 
-TINY = {"latent_dim": 8, "enc_dim": 16, "enc_blocks": 1, "dec_dim": 16, "dec_blocks": 1, "latent_blocks": 1}
 REPO = Path(__file__).resolve().parent.parent
 
 

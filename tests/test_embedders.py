@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tiny_models import TINY_CODEC
 
 from pipelines.audio import Audio
 from pipelines.bundle import save_bundle
@@ -35,14 +36,6 @@ from training.embedder_recipe import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_CODEC = {
-    "latent_dim": 8,
-    "enc_dim": 16,
-    "enc_blocks": 1,
-    "dec_dim": 16,
-    "dec_blocks": 1,
-    "latent_blocks": 1,
-}
 TINY_LATENT = {"width": 32, "blocks": 1, "heads": 2, "dim": 16}
 TINY_MEL = {"base_channels": 4, "stages": 2, "width": 32, "heads": 2, "dim": 16}
 SR = 44100

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tiny_models import TINY_CODEC
 
 import app.cli as cli
 from pipelines.audio import Audio
@@ -24,14 +25,6 @@ from pipelines.generator import Generator, load_generator, read_settings, settin
 from pipelines.text_encoder import DEFAULT_NAME
 
 SR = 44100
-TINY_CODEC = {
-    "latent_dim": 8,
-    "enc_dim": 16,
-    "enc_blocks": 1,
-    "dec_dim": 16,
-    "dec_blocks": 1,
-    "latent_blocks": 1,
-}
 MAX_SECONDS = 20.0
 PROMPT = "a warm cello note, A3, slow bow"
 

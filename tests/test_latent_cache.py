@@ -6,14 +6,13 @@ import math
 from dataclasses import asdict
 
 import torch
+from tiny_models import TINY_CODEC as TINY
 
 from app.cli import main
 from pipelines.bundle import save_bundle
 from pipelines.codec import CodecConfig, CodecModel
 from training.corpus import read_manifest
 from training.latent_cache import read_latent
-
-TINY = {"latent_dim": 8, "enc_dim": 16, "enc_blocks": 1, "dec_dim": 16, "dec_blocks": 1, "latent_blocks": 1}
 
 
 def tiny_codec_bundle(path):

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_models import TINY_CODEC
 
 from pipelines.audio import Audio
 from pipelines.bundle import load_bundle, save_bundle
@@ -28,14 +29,6 @@ from training.latent_cache import encode_corpus, is_current, read_entry, read_la
 
 SR = 44100
 RATE = SR / 1024
-TINY_CODEC = {
-    "latent_dim": 8,
-    "enc_dim": 16,
-    "enc_blocks": 1,
-    "dec_dim": 16,
-    "dec_blocks": 1,
-    "latent_blocks": 1,
-}
 TINY_DIT = {"dim": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0}
 
 
