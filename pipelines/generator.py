@@ -268,7 +268,7 @@ def load_generator(bundle: str | Path | None = None, *, bf16: bool = True) -> Ge
     if not (path / "model.json").is_file():
         if bundle is None:
             raise BadInput(
-                "No generator is bundled yet; `make bundles` trains one, or pass --model with a generator bundle."
+                "No generator is bundled yet; train one with `soundloom train --recipe static`, export it and pass --model."
             )
         if not path.exists():
             raise BadInput(f"The model bundle folder '{path}' does not exist; check the path.")

@@ -166,7 +166,7 @@ def test_missing_malformed_and_wrong_kind_bundles(bundle, tmp_path, monkeypatch)
     import pipelines.generator as generator
 
     monkeypatch.setattr(generator, "default_generator_path", lambda: tmp_path / "assets" / "generator")
-    with pytest.raises(BadInput, match="No generator is bundled yet.*make bundles"):
+    with pytest.raises(BadInput, match="No generator is bundled yet.*--recipe static"):
         load_generator()
     with pytest.raises(BadInput, match="does not exist"):
         load_generator(tmp_path / "nowhere")
@@ -315,7 +315,7 @@ def test_cli_without_a_bundled_generator_says_how_to_get_one(tmp_path, capsys, m
     for argv in (["generate", "rain on a tin roof", "-o", tmp_path / "o.wav"], ["bench", "generate"]):
         code, stdout, err = run_main(capsys, *argv)
         assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1
-        assert "No generator is bundled yet" in err and "make bundles" in err
+        assert "No generator is bundled yet" in err and "--recipe static" in err
     assert not (tmp_path / "o.wav").exists()
     code, _, err = run_main(capsys, "bench", "generate", "--data", tmp_path)
     assert code == 2 and "--data is for `soundloom bench codec`" in err
