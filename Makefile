@@ -39,9 +39,9 @@ test-all: setup lint
 BUNDLE_WORK ?= .cache/bundles
 bundles: setup
 	$(VENV)/bin/soundloom dataset build --out $(BUNDLE_WORK)/corpus --hours 3 --seed 0
-	$(VENV)/bin/soundloom train --recipe codec --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/codec-run-h \
+	$(VENV)/bin/soundloom train --recipe codec --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/codec-run-i \
 		--config training/configs/codec.json --resume
-	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/codec-run-h --data $(BUNDLE_WORK)/corpus --out assets/codec
+	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/codec-run-i --data $(BUNDLE_WORK)/corpus --out assets/codec
 	$(VENV)/bin/soundloom bench codec --data $(BUNDLE_WORK)/corpus --json $(BUNDLE_WORK)/bench/codec.json --update-card
 
 studio: setup

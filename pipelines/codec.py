@@ -162,12 +162,13 @@ class Encoder(nn.Module):
     ) -> torch.Tensor:
         """[B, 2, N] with N a multiple of the latent hop -> raw latent [B, latent_dim, N / latent_hop].
 
-        With the harmonic path the last two channels are the measured pitch (see CodecConfig).
+        With the harmonic path the last two channels are the measured pitch (see CodecConfig); `pitch` is
+        that track (f0, voicing per STFT frame, as `pitch_track` returns) when the caller already has it.
         """
         spec = mid_side_stft(wav, self.cfg)
         feats = torch.log(spec.abs().clamp(min=1e-5)).flatten(1, 2)
         if self.cfg.harmonics:
-            f0, voiced = pitch_track(wav, self.cfg)
+            f0, voiced = pitch if pitch is not None else pitch_track(wav, self.cfg)
             track = torch.stack([torch.log2(f0 / 256.0) * voiced, voiced], dim=1)
             feats = torch.cat([feats, track.to(feats.dtype)], dim=1)
         h = self.down(self.frames(self.inp(feats)))

@@ -100,6 +100,28 @@ def test_harmonic_codec_carries_pitch_in_the_latent_and_renders_it():
     assert codec.decoder.harmonic_head.weight.dtype == torch.float32
 
 
+def test_harmonic_amplitude_loss_reads_partial_levels_from_the_true_spectrum():
+    """Partials at the tone's true amplitudes score ~0 dB and a small loss; 20 dB too quiet reads -20 dB."""
+    from pipelines.codec import Spectrum, pitch_track
+    from training.codec_recipe import harmonic_amplitude_loss
+
+    cfg = CodecConfig(**TINY, harmonics=8)
+    t = torch.arange(32768) / 44100
+    mid = 0.3 * torch.sin(2 * torch.pi * 330.0 * t) + 0.1 * torch.sin(2 * torch.pi * 660.0 * t)
+    wav = torch.stack([mid, mid])[None]
+    f0, voiced = pitch_track(wav, cfg)
+    frames = f0.shape[1]
+    amps = torch.zeros(1, frames, 2, 8)
+    amps[:, :, 0, 0], amps[:, :, 0, 1] = 0.3, 0.1
+    spec = Spectrum(torch.zeros(1, frames, 2, cfg.bins), torch.zeros(1, frames, 2, cfg.bins), f0, amps)
+    loss, level_db = harmonic_amplitude_loss(spec, wav, voiced, cfg)
+    assert abs(level_db) < 0.5, level_db
+    spec.amps = amps * 0.1
+    quiet_loss, quiet_db = harmonic_amplitude_loss(spec, wav, voiced, cfg)
+    assert abs(quiet_db + 20) < 0.5, quiet_db
+    assert float(quiet_loss) > float(loss) + 1.0
+
+
 def test_unvoiced_frames_hold_the_last_pitch():
     log_f0 = torch.tensor([[5.0, 1.0, 9.0, 2.0, 7.0], [3.0, 3.0, 3.0, 3.0, 3.0]])
     voiced = torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])

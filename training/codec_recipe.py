@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -22,8 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.codec import Codec, CodecConfig, CodecModel, mid_side_stft
+from pipelines.codec import (
+    HARMONIC_PEAK,
+    Codec,
+    CodecConfig,
+    CodecModel,
+    Spectrum,
+    mid_side_stft,
+    pitch_track,
+)
 from pipelines.errors import BadInput
+from pipelines.harmonic import hann_lobe
 from training.recipes import model_settings, recipe_settings
 from training.spectral import reconstruction_loss
 
@@ -36,6 +46,9 @@ DEFAULTS = {
     "gain_db": 6.0,  # random gain range, +/-
     "bf16": True,  # autocast the encoder/decoder trunks (the losses stay float32)
     "phase_weight": 1.0,  # instantaneous-frequency + group-delay losses against the true mid/side STFT
+    # log-amplitude L1 of each harmonic partial against the true mid STFT at h * f0 on voiced frames; without
+    # it the partials grew so slowly from near-silence that tones came back ~10 LU quiet (step 2004)
+    "harmonic_weight": 0.2,
 }
 
 
@@ -157,8 +170,9 @@ class CodecRecipe:
         model: CodecModel = modules["codec"]
         cfg = self.config
         wav = self.batch(indices)
+        pitch = pitch_track(wav, self.codec_config) if self.codec_config.harmonics else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
-            z = model.encoder(wav)
+            z = model.encoder(wav, pitch)
         z = z.float()
         learned = (
             self.codec_config.learned_dim
@@ -178,7 +192,13 @@ class CodecRecipe:
         loss = (
             l_stft + cfg["mel_weight"] * l_mel + cfg["reg_weight"] * reg + cfg["phase_weight"] * (l_if + l_gd)
         )
+        extra = {}
+        if self.codec_config.harmonics:
+            l_harm, ratio_db = harmonic_amplitude_loss(spec, wav, pitch[1], self.codec_config)
+            loss = loss + cfg["harmonic_weight"] * l_harm
+            extra = {"harmonic_l1": float(l_harm.detach()), "harmonic_level_db": ratio_db}
         return loss, {
+            **extra,
             "mrstft": float(l_stft.detach()),
             "mel_l1": float(l_mel.detach()),
             "phase_if": float(l_if.detach()),
@@ -238,6 +258,42 @@ def phase_derivative_losses(
     g_pred, g_true = phase[..., 1:] - phase[..., :-1], true_phase[..., 1:] - true_phase[..., :-1]
     l_gd = (w_f * (1 - torch.cos(g_pred - g_true))).sum() / w_f.sum().clamp(min=1e-6)
     return l_if, l_gd
+
+
+def harmonic_amplitude_loss(
+    spec: Spectrum, wav: torch.Tensor, voiced: torch.Tensor, cfg: CodecConfig
+) -> tuple[torch.Tensor, float]:
+    """L1 between log mid amplitudes of the decoded partials and the ones the true mid STFT shows at h * f0,
+    on voiced frames (`voiced` [B, T] per STFT frame, from `pitch_track`), for partials below Nyquist.
+    Returns (loss, energy-weighted predicted/true level in dB).
+
+    A partial of amplitude a at fractional bin offset d peaks at (a / 2) W(d) (see harmonic_stft), so the
+    true amplitude is 2 |X[k]| / W(k - omega) at its nearest bin k. In a mixture this reads whatever sits at
+    h * f0, which is the level the partial should carry there anyway; the residual head keeps the rest.
+    """
+    floor = 1e-4
+    with torch.no_grad():
+        true = mid_side_stft(wav, cfg)[:, 0].abs()  # [B, bins, T]
+        f0 = spec.f0
+        h = torch.arange(1, cfg.harmonics + 1, dtype=f0.dtype)
+        omega = f0[..., None] * h * (cfg.n_fft / cfg.sample_rate)  # [B, T, H] in bins
+        k = omega.round().clamp(max=cfg.bins - 1)
+        gain = hann_lobe(k - omega, cfg.n_fft)
+        mask = (voiced[..., None] > 0.5) & (omega < cfg.bins - 3)
+        target = 2 * true.transpose(1, 2).gather(2, k.long()) / gain.clamp(min=1.0)
+        target = torch.where(mask, target.clamp(max=HARMONIC_PEAK), torch.zeros_like(target))
+        # Loud partials matter: weight each by its level relative to the frame's loudest (floor 1 %), or
+        # the many near-silent upper partials dominate and a tone 20 dB too quiet scores well.
+        weight = (target / target.amax(-1, keepdim=True).clamp(min=floor)).clamp(min=0.01) * mask
+    pred = spec.amps[:, :, 0]
+    diff = torch.log(pred + floor) - torch.log(target + floor)
+    total = weight.sum()
+    if total <= 0:
+        return diff.sum() * 0.0, 0.0
+    loss = (diff.abs() * weight).sum() / total
+    energy = target.square() * mask
+    level_db = float((diff.detach() * energy).sum() / energy.sum().clamp(min=1e-12)) * 20 / math.log(10)
+    return loss, level_db
 
 
 @torch.no_grad()
