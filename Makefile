@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: setup test test-all lint format studio bundles
+.PHONY: gonogo setup test test-all lint format studio bundles
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,24 @@ bundles: setup
 		--config training/configs/codec.json --resume
 	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/codec-run-i --data $(BUNDLE_WORK)/corpus --out assets/codec
 	$(VENV)/bin/soundloom bench codec --data $(BUNDLE_WORK)/corpus --json $(BUNDLE_WORK)/bench/codec.json --update-card
+	$(VENV)/bin/soundloom dataset encode $(BUNDLE_WORK)/corpus
+	$(VENV)/bin/soundloom train --recipe judge-embedder --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/judge-run \
+		--config training/configs/judge_embedder.json --resume
+	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/judge-run --data $(BUNDLE_WORK)/corpus --out assets/judge
+	$(VENV)/bin/soundloom train --recipe ssl-embedder --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/ssl-run \
+		--config training/configs/ssl_embedder.json --resume
+	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/ssl-run --data $(BUNDLE_WORK)/corpus --out assets/ssl-embedder
+
+# The generator's go/no-go: 30 minutes of the static recipe on pitched notes alone, then pitch accuracy on
+# the dev set's note prompts (issue 3: >= 40% or change the design before scaling up).
+gonogo: setup
+	$(VENV)/bin/soundloom train --recipe static --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/gonogo-run \
+		--config training/configs/static_notes.json --resume
+	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/gonogo-run --data $(BUNDLE_WORK)/corpus \
+		--out $(BUNDLE_WORK)/gonogo-bundle
+	grep '"category": "note"' assets/prompts/dev.jsonl > $(BUNDLE_WORK)/note-prompts.jsonl
+	$(VENV)/bin/soundloom eval --model $(BUNDLE_WORK)/gonogo-bundle --prompts $(BUNDLE_WORK)/note-prompts.jsonl \
+		--data $(BUNDLE_WORK)/corpus --json $(BUNDLE_WORK)/bench/gonogo-eval.json
 
 studio: setup
 	$(VENV)/bin/soundloom studio

@@ -44,6 +44,12 @@ class CodecConfig:
     # which keeps noise, drums and whatever else is not one harmonic source. Pitch is thus explicit in the
     # latent: exact through the codec, and one smooth channel for the generator to draw.
     harmonics: int = 0
+    # Measured level (False = off): one more latent channel, just before the pitch channels, holds the log
+    # level of each frame (mid + side STFT energy). The encoder sees its spectrum divided by that level and
+    # the decoder multiplies everything it draws by it, without seeing it: level passes through exactly
+    # and the learned channels are level-free. Without it the codec compressed level (measured: a 24 dB
+    # input range came out as ~12 dB, loud tones ~11 dB too quiet), and loudness is one channel to draw.
+    measured_gain: bool = False
 
     @property
     def latent_hop(self) -> int:
@@ -58,13 +64,27 @@ class CodecConfig:
         return self.n_fft // 2 + 1
 
     @property
+    def measured_dim(self) -> int:
+        """Latent channels measured, not learned: [gain] then [log-f0, voicing], always the last ones."""
+        return (PITCH_CHANNELS if self.harmonics else 0) + (1 if self.measured_gain else 0)
+
+    @property
     def learned_dim(self) -> int:
-        """Latent channels the encoder learns (all but the two pitch channels of a harmonic codec)."""
-        return self.latent_dim - PITCH_CHANNELS if self.harmonics else self.latent_dim
+        """Latent channels the encoder learns (all but the measured ones)."""
+        return self.latent_dim - self.measured_dim
+
+    @property
+    def gain_channel(self) -> int | None:
+        """Index of the measured level channel (None without it)."""
+        return self.latent_dim - self.measured_dim if self.measured_gain else None
 
 
 PITCH_CHANNELS = 2  # log2(f0 / 256 Hz), voicing
-HARMONIC_PEAK = 0.5  # the loudest one partial may be (linear amplitude)
+HARMONIC_PEAK = (
+    0.5  # the loudest one partial may be (linear amplitude; relative to the frame level with measured_gain)
+)
+RELATIVE_HARMONIC_PEAK = 2.0  # with measured_gain: a lone sinusoid of amplitude a has frame level a / sqrt 2
+GAIN_FLOOR = 1e-5  # frame level of digital silence (-100 dB)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -145,6 +165,30 @@ def pitch_frames(z_raw: torch.Tensor, frames: int) -> torch.Tensor:
     return 256.0 * torch.exp2(up.clamp(-4.0, 4.0))  # 16 Hz .. 4 kHz
 
 
+def frame_level(spec: torch.Tensor) -> torch.Tensor:
+    """Level per STFT frame from a mid/side STFT [B, 2, bins, T] -> [B, T]: the RMS of the frame's
+    windowed samples (Parseval), floored at GAIN_FLOOR. A scaled input scales it exactly."""
+    n_fft = 2 * (spec.shape[2] - 1)
+    power = spec.abs().square()
+    energy = 2 * power.sum(dim=(1, 2)) - power[:, :, 0].sum(1) - power[:, :, -1].sum(1)
+    return (energy / n_fft**2 * (8 / 3)).sqrt().clamp(min=GAIN_FLOOR)  # 8/3 undoes the Hann window's power
+
+
+def gain_latent(level: torch.Tensor) -> torch.Tensor:
+    """The level channel at the latent rate: log2 of the per-STFT-frame level averaged over each latent
+    frame's two STFT frames. [B, T] -> [B, 1, (T - 1) / 2]."""
+    log = torch.log2(level)[:, :-1]
+    return log.reshape(log.shape[0], -1, 2).mean(-1)[:, None]
+
+
+def gain_frames(z_raw: torch.Tensor, channel: int, frames: int) -> torch.Tensor:
+    """Linear level per STFT frame from a raw latent's level channel, interpolated in log: -> [B, frames]."""
+    log = z_raw[:, channel].float()[:, None]
+    up = F.interpolate(log, scale_factor=2, mode="linear", align_corners=False)[:, 0]
+    up = F.pad(up, (0, frames - up.shape[-1]), mode="replicate") if frames > up.shape[-1] else up[:, :frames]
+    return torch.exp2(up.clamp(max=4.0))  # at most +24 dBFS
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: CodecConfig):
         super().__init__()
@@ -166,7 +210,11 @@ class Encoder(nn.Module):
         that track (f0, voicing per STFT frame, as `pitch_track` returns) when the caller already has it.
         """
         spec = mid_side_stft(wav, self.cfg)
-        feats = torch.log(spec.abs().clamp(min=1e-5)).flatten(1, 2)
+        mag = spec.abs()
+        if self.cfg.measured_gain:
+            level = frame_level(spec)
+            mag = mag / level[:, None, None]
+        feats = torch.log(mag.clamp(min=1e-5)).flatten(1, 2)
         if self.cfg.harmonics:
             f0, voiced = pitch if pitch is not None else pitch_track(wav, self.cfg)
             track = torch.stack([torch.log2(f0 / 256.0) * voiced, voiced], dim=1)
@@ -174,6 +222,8 @@ class Encoder(nn.Module):
         h = self.down(self.frames(self.inp(feats)))
         h = self.norm(self.latent(h).transpose(1, 2)).transpose(1, 2)
         z = self.out(h)
+        if self.cfg.measured_gain:
+            z = torch.cat([z, gain_latent(level).to(z.dtype)], dim=1)
         if self.cfg.harmonics:
             z = torch.cat([z, pitch_latent(f0, voiced).to(z.dtype)], dim=1)
         return z
@@ -195,11 +245,22 @@ class Decoder(nn.Module):
             # Start near silence (amplitudes ~1e-4): 64 partials at a stale f0 over a quiet clip would
             # otherwise swamp its spectral convergence (measured: MR-STFT spiking to 43).
             nn.init.normal_(self.harmonic_head.weight, std=0.01)
-            nn.init.constant_(self.harmonic_head.bias[: cfg.harmonics], -8.0)
+            start = (
+                -6.0 if cfg.measured_gain else -8.0
+            )  # relative amplitudes start at ~5e-3 of the frame level
+            nn.init.constant_(self.harmonic_head.bias[: cfg.harmonics], start)
             nn.init.zeros_(self.harmonic_head.bias[cfg.harmonics :])
 
     def trunk(self, z: torch.Tensor) -> torch.Tensor:
-        """Raw latent [B, C, T] -> hidden frames [B, 2T + 1, dec_dim] (the float-heavy part)."""
+        """Raw latent [B, C, T] -> hidden frames [B, 2T + 1, dec_dim] (the float-heavy part).
+
+        With measured_gain the trunk sees the level channel's frame-to-frame change, never the level itself,
+        so what it draws is level-free (`spectrum` scales it)."""
+        channel = self.cfg.gain_channel
+        if channel is not None:
+            log = z[:, channel]
+            step = torch.cat([torch.zeros_like(log[:, :1]), log[:, 1:] - log[:, :-1]], dim=1)
+            z = torch.cat([z[:, :channel], step[:, None], z[:, channel + 1 :]], dim=1)
         h = self.up(self.latent(self.inp(z)))
         h = F.pad(h, (0, 1), mode="replicate")  # centred STFT of N samples has N / hop + 1 frames
         return self.norm(self.frames(h).transpose(1, 2))
@@ -210,14 +271,24 @@ class Decoder(nn.Module):
         b, frames, _ = h.shape
         out = self.head(h.to(self.head.weight.dtype)).float().reshape(b, frames, 2, 2, cfg.bins)
         spec = Spectrum(torch.exp(out[:, :, :, 0].clamp(max=7.0)), out[:, :, :, 1])
+        if cfg.measured_gain:
+            spec.gain = gain_frames(z, cfg.gain_channel, frames)
+            spec.mag = spec.mag * spec.gain[:, :, None, None]
         if cfg.harmonics:
             hv = self.harmonic_head(h.to(self.harmonic_head.weight.dtype)).float()
             spec.f0 = pitch_frames(z, frames)
             # A sigmoid, not a clamped exp: a hard clamp has no gradient, and partials that overshoot early
             # stayed stuck at full level (measured: MR-STFT spiking from 1.4 to 47 by step 280).
-            mid = HARMONIC_PEAK * torch.sigmoid(hv[..., : cfg.harmonics])
+            mid = self.harmonic_peak(spec) * torch.sigmoid(hv[..., : cfg.harmonics])
             spec.amps = torch.stack([mid, mid * torch.tanh(hv[..., cfg.harmonics :])], dim=2)
         return spec
+
+    def harmonic_peak(self, spec: Spectrum) -> torch.Tensor | float:
+        """The loudest one partial may be: HARMONIC_PEAK, or RELATIVE_HARMONIC_PEAK times the frame level
+        ([B, T, 1]) with measured_gain."""
+        if spec.gain is None:
+            return HARMONIC_PEAK
+        return RELATIVE_HARMONIC_PEAK * spec.gain[..., None]
 
     def complex_spectrum(self, spec: Spectrum) -> torch.Tensor:
         """The decoded STFT of mid and side, complex [B, 2, bins, T]."""
@@ -243,12 +314,16 @@ class Decoder(nn.Module):
 @dataclass
 class Spectrum:
     """What the decoder draws per STFT frame: residual magnitude and phase [B, T, 2 (mid, side), bins], and
-    with the harmonic path, f0 [B, T] in Hz (from the latent) and harmonic amplitudes [B, T, 2, harmonics]."""
+    with the harmonic path, f0 [B, T] in Hz (from the latent) and harmonic amplitudes [B, T, 2, harmonics];
+    with measured_gain, the frame level [B, T] (from the latent)."""
 
     mag: torch.Tensor
     phase: torch.Tensor
     f0: torch.Tensor | None = None
     amps: torch.Tensor | None = None
+    gain: torch.Tensor | None = (
+        None  # level per frame [B, T] (measured_gain), already applied to mag and amps
+    )
 
 
 def overlap_add_istft(spec: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:

@@ -344,3 +344,36 @@ def test_bundled_codec_keeps_transient_loudness():
 
     audio, _ = click_train()
     assert abs(loudness_lufs(load_codec().roundtrip(audio)) - loudness_lufs(audio)) < 2.0
+
+
+def test_frame_level_is_the_rms_of_a_steady_tone():
+    from pipelines.codec import frame_level, mid_side_stft
+
+    cfg = CodecConfig(**TINY)
+    t = torch.arange(44100) / 44100
+    tone = 0.4 * torch.sin(2 * torch.pi * 441.0 * t)
+    level = frame_level(mid_side_stft(torch.stack([tone, tone])[None], cfg))[0, 4:-4]
+    assert float((level / (0.4 / 2**0.5) - 1).abs().max()) < 0.01, level
+
+
+@pytest.mark.parametrize("harmonics", [0, 8])
+def test_measured_gain_makes_the_codec_level_equivariant(harmonics):
+    """Scaling the input scales the output by exactly that (before training, so by construction); the
+    learned channels do not move and the level channel shifts by log2 of the scale."""
+    torch.manual_seed(0)
+    cfg = CodecConfig(**TINY, harmonics=harmonics, measured_gain=True)
+    assert cfg.learned_dim == cfg.latent_dim - 1 - (2 if harmonics else 0)
+    model = CodecModel(cfg).eval()
+    t = torch.arange(32768) / 44100
+    x = 0.5 * torch.sin(2 * torch.pi * 220.0 * t) * torch.exp(-3 * t) + 0.05 * torch.randn(32768)
+    wav = torch.stack([x, 0.7 * x])[None]
+    with torch.no_grad():
+        z_loud, z_quiet = model.encoder(wav), model.encoder(wav / 8)
+        y_loud, y_quiet = model.decoder(z_loud), model.decoder(z_quiet)
+    learned = cfg.learned_dim
+    assert torch.allclose(z_loud[:, :learned], z_quiet[:, :learned], atol=1e-4)
+    gain = cfg.gain_channel
+    assert torch.allclose(
+        z_loud[:, gain] - z_quiet[:, gain], torch.full_like(z_loud[:, gain], 3.0), atol=1e-3
+    )
+    assert float((y_loud / 8 - y_quiet).abs().max()) < 1e-3 * float(y_quiet.abs().max())

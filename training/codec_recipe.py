@@ -25,6 +25,7 @@ import torch
 
 from pipelines.codec import (
     HARMONIC_PEAK,
+    RELATIVE_HARMONIC_PEAK,
     Codec,
     CodecConfig,
     CodecModel,
@@ -271,7 +272,9 @@ def harmonic_amplitude_loss(
     true amplitude is 2 |X[k]| / W(k - omega) at its nearest bin k. In a mixture this reads whatever sits at
     h * f0, which is the level the partial should carry there anyway; the residual head keeps the rest.
     """
-    floor = 1e-4
+    floor = (
+        1e-4 if spec.gain is None else 1e-4 * spec.gain[..., None]
+    )  # -80 dB, absolute or re the frame level
     with torch.no_grad():
         true = mid_side_stft(wav, cfg)[:, 0].abs()  # [B, bins, T]
         f0 = spec.f0
@@ -281,7 +284,8 @@ def harmonic_amplitude_loss(
         gain = hann_lobe(k - omega, cfg.n_fft)
         mask = (voiced[..., None] > 0.5) & (omega < cfg.bins - 3)
         target = 2 * true.transpose(1, 2).gather(2, k.long()) / gain.clamp(min=1.0)
-        target = torch.where(mask, target.clamp(max=HARMONIC_PEAK), torch.zeros_like(target))
+        peak = HARMONIC_PEAK if spec.gain is None else RELATIVE_HARMONIC_PEAK * spec.gain[..., None]
+        target = torch.where(mask, torch.minimum(target, torch.as_tensor(peak)), torch.zeros_like(target))
         # Loud partials matter: weight each by its level relative to the frame's loudest (floor 1 %), or
         # the many near-silent upper partials dominate and a tone 20 dB too quiet scores well.
         weight = (target / target.amax(-1, keepdim=True).clamp(min=floor)).clamp(min=0.01) * mask
