@@ -157,6 +157,33 @@ def _not_yet(verb: str):
     return handler
 
 
+def _studio(args: argparse.Namespace) -> int:
+    from pipelines.errors import BadInput
+
+    host = "0.0.0.0" if args.listen else args.host
+    auth = None
+    if args.auth is not None:
+        user, _, password = args.auth.partition(":")
+        if not user or not password:
+            raise BadInput(
+                "--auth needs a user name and a password as USER:PASS, e.g. --auth ana:long-secret."
+            )
+        auth = (user, password)
+    loopback = host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+    if not loopback and auth is None and not args.insecure:
+        raise BadInput(
+            f"Listening on {host} lets other machines in; add --auth USER:PASS, or --insecure to allow anyone."
+        )
+    model = _existing_dir(args.model, "--model") if args.model else None
+    outputs = _output_dir(args.outputs, "--outputs") if args.outputs else None
+    from app.studio import run_studio
+
+    run_studio(
+        model=model, outputs=outputs, host=host, port=args.port, auth=auth, open_browser=not args.no_browser
+    )
+    return 0
+
+
 def _codec_roundtrip(args: argparse.Namespace) -> int:
     from pipelines.audio import check_input_path, check_output_path, load_audio, save_audio
 
@@ -436,9 +463,22 @@ def build_parser() -> argparse.ArgumentParser:
     def model(p: argparse.ArgumentParser, required: bool = False) -> None:
         p.add_argument("--model", required=required, metavar="BUNDLE", help="model bundle folder")
 
-    p = verb("studio", "open the browser studio", _not_yet("studio"))
-    p.add_argument("--host", default="127.0.0.1")
+    p = verb("studio", "open the browser studio", _studio)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=_port, default=7860)
+    p.add_argument(
+        "--outputs", metavar="DIR", help="where generated sounds are saved (default ~/soundloom-output)"
+    )
+    p.add_argument("--listen", action="store_true", help="listen on every network interface (0.0.0.0)")
+    p.add_argument("--auth", metavar="USER:PASS", help="ask for this user name and password")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --listen without --auth: anyone on the network may use it",
+    )
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     model(p)
 
     p = verb("generate", "make sound from a text prompt", _generate)
