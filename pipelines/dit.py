@@ -251,6 +251,40 @@ class DiT(nn.Module):
         """x [B, C, T] noisy latent, t [B] in [0, 1] -> velocity [B, C, T] (float32)."""
         b, c, n_frames = x.shape
         p = self.cfg.patch
+        h, final_mod = self._trunk(
+            x, t, text, text_mask, seconds, controls, control_mask, known, known_mask, len(self.blocks), True
+        )
+        out = self.final_layer(h, final_mod)  # [B, N, p * C]
+        n = h.shape[1]
+        out = out.view(b, n, p, c).permute(0, 3, 1, 2).reshape(b, c, n * p)
+        return out[..., :n_frames].float()
+
+    def hidden_states(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        seconds: torch.Tensor | None = None,
+        controls: torch.Tensor | None = None,
+        control_mask: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
+        depth: int | None = None,
+    ) -> torch.Tensor:
+        """Token features [B, ceil(T / patch), dim] after the first `depth` blocks (all when None), as
+        `forward` computes them; what a discriminator built on this DiT reads."""
+        depth = len(self.blocks) if depth is None else depth
+        assert 0 <= depth <= len(self.blocks), f"depth {depth} of a {len(self.blocks)}-block DiT"
+        args = (x, t, text, text_mask, seconds, controls, control_mask, known, known_mask)
+        return self._trunk(*args, depth, False)[0]
+
+    def _trunk(
+        self, x, t, text, text_mask, seconds, controls, control_mask, known, known_mask, depth, final
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens after the first `depth` blocks, and the final layer's modulation when `final`."""
+        b, c, n_frames = x.shape
+        p = self.cfg.patch
         assert c == self.cfg.latent_channels, f"expected {self.cfg.latent_channels} latent channels, got {c}"
         dtype = self.x_embedder.weight.dtype  # float32 (autocast decides) or a model cast to bf16
         h = self.frame_inputs(x, controls, control_mask, known, known_mask).to(dtype)
@@ -263,16 +297,15 @@ class DiT(nn.Module):
             None if text is None else text.to(dtype), text_mask, b
         )
         mask = torch.cat([context_mask, context_mask.new_ones(b, n)], dim=1)  # [B, L + N]: text, then latent
+        blocks = self.blocks[:depth]
         # The adaLN inputs are [B, dim] matmuls: in float32 they cost less than casting their weights.
         with torch.autocast(x.device.type, enabled=False):
             cond = self.t_embedder(t) + self.seconds_embedder(seconds, b) + self.text_pool(pooled.to(dtype))
-            mods = [block.adaLN_modulation(cond) for block in self.blocks]
-            final_mod = self.final_layer.adaLN_modulation(cond)
-        for block, mod in zip(self.blocks, mods):
+            mods = [block.adaLN_modulation(cond) for block in blocks]
+            final_mod = self.final_layer.adaLN_modulation(cond) if final else None
+        for block, mod in zip(blocks, mods):
             h = block(h, mod, context, mask)
-        out = self.final_layer(h, final_mod)  # [B, N, p * C]
-        out = out.view(b, n, p, c).permute(0, 3, 1, 2).reshape(b, c, n * p)
-        return out[..., :n_frames].float()
+        return h, final_mod
 
 
 def cat_inputs(a: dict, b: dict) -> dict:

@@ -7,7 +7,8 @@
 
 One call: encode the prompt (cached per prompt by the text encoder), draw noise from the seed, run
 Euler or Heun steps of the DiT under classifier-free guidance (the unconditional half sees the same
-text with an all-False mask, as in training), decode each latent with the codec to exactly
+text with an all-False mask, as in training) or ping-pong steps (the ARC model's sampler: guidance 1,
+fresh noise at every step drawn from the seed too), decode each latent with the codec to exactly
 round(seconds * 44100) samples of 44.1 kHz stereo. The only post-processing is peak safety: a
 decoded peak above 0 dBFS is scaled down to -1 dBFS, so a file written in 16 bits never clips.
 
@@ -31,10 +32,17 @@ from pipelines.audio import Audio, peak_safe
 from pipelines.codec import Codec, load_codec
 from pipelines.dit import DiT, DiTConfig
 from pipelines.errors import BadInput
-from pipelines.samplers import cfg_model, rf_times, sample_euler, sample_heun
+from pipelines.samplers import (
+    cfg_model,
+    pingpong_times,
+    rf_times,
+    sample_euler,
+    sample_heun,
+    sample_pingpong,
+)
 from pipelines.text_encoder import TextEncoder
 
-SAMPLERS = {"euler": sample_euler, "heun": sample_heun}
+SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "pingpong": sample_pingpong}
 MAX_PROMPT_CHARS = 2000
 MAX_STEPS = 1000
 MAX_VARIATIONS = 16
@@ -223,17 +231,16 @@ class Generator:
         length = torch.full((variations,), frames / self.codec.latent_rate)
         cond = {"text": tokens, "text_mask": mask, "seconds": length}
         uncond = {"text": tokens, "text_mask": torch.zeros_like(mask), "seconds": length}
-        noise = torch.cat(
-            [
-                torch.randn(
-                    1, self.codec.channels, frames, generator=torch.Generator().manual_seed(s.seed + i)
-                )
-                for i in range(variations)
-            ]
-        )
+        generators = [torch.Generator().manual_seed(s.seed + i) for i in range(variations)]
+        noise = torch.cat([torch.randn(1, self.codec.channels, frames, generator=g) for g in generators])
         model = cfg_model(self._sampling_dit, cond, uncond, s.guidance)
         with torch.no_grad():  # not inference_mode: see pipelines/dit.py
-            z = SAMPLERS[s.sampler](model, noise, rf_times(s.steps), callback=callback)
+            if s.sampler == "pingpong":  # its fresh noise continues each variation's own generator
+                z = sample_pingpong(
+                    model, noise, pingpong_times(s.steps), callback=callback, generator=generators
+                )
+            else:
+                z = SAMPLERS[s.sampler](model, noise, rf_times(s.steps), callback=callback)
         dit_done = time.perf_counter()
 
         out = []

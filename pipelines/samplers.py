@@ -6,6 +6,10 @@ clean estimate at any step is x0 = x - t v. Schedules are functions returning te
 plain functions that call `callback({"i", "t", "x", "denoised"})` once per step, which is how
 progress bars and previews hook in. Nothing here knows of text, audio or UI: classifier-free
 guidance and known (extend / repaint) frames are model wrappers.
+
+Ping-pong sampling (for the few-step ARC generator) does not follow the velocity: each step takes the
+clean estimate x0 = x - t v and noises it afresh to the next, lower level. Its schedule is even in
+logSNR = 2 log((1 - t) / t), the log signal-to-noise ratio of x_t.
 """
 
 from __future__ import annotations
@@ -77,6 +81,74 @@ def sample_heun(
     return x
 
 
+def logsnr_of(t: torch.Tensor) -> torch.Tensor:
+    """logSNR of flow time t: 2 log((1 - t) / t), +inf at t = 0 and -inf at t = 1."""
+    return 2 * (torch.log1p(-t) - torch.log(t))
+
+
+def time_of_logsnr(logsnr: torch.Tensor) -> torch.Tensor:
+    """The flow time with this logSNR: sigmoid(-logsnr / 2) (the inverse of logsnr_of)."""
+    return torch.sigmoid(-logsnr / 2)
+
+
+def pingpong_times(
+    steps: int, logsnr_min: float = -6.0, logsnr_max: float = 2.0, t_start: float = 1.0
+) -> torch.Tensor:
+    """[steps + 1] times evenly spaced in logSNR from logsnr_min to logsnr_max, the ends pinned to 1 and 0.
+
+    With t_start < 1 (from an init latent noised to t_start) the grid starts at that level instead and
+    its first time is t_start; a start already cleaner than logsnr_max still spans at least one step of
+    the full grid, so the times keep falling.
+    """
+    assert steps >= 1 and 0.0 < t_start <= 1.0 and logsnr_min < logsnr_max
+    low = logsnr_min
+    if t_start < 1.0:
+        low = max(logsnr_min, float(logsnr_of(torch.tensor(t_start, dtype=torch.float64))))
+    high = max(logsnr_max, low + (logsnr_max - logsnr_min) / steps)
+    times = time_of_logsnr(torch.linspace(low, high, steps + 1, dtype=torch.float64))
+    times[0], times[-1] = t_start, 0.0
+    return times.float()
+
+
+def _fresh_noise(
+    like: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
+) -> torch.Tensor:
+    """Standard normal noise shaped like `like`; one generator per batch item keeps each item reproducible alone."""
+    if isinstance(generator, list | tuple):
+        assert len(generator) == like.shape[0], "one generator per batch item"
+        shape = (1, *like.shape[1:])
+        return torch.cat(
+            [torch.randn(shape, generator=g, dtype=like.dtype, device=like.device) for g in generator]
+        )
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+@torch.no_grad()
+def sample_pingpong(
+    model: Model,
+    x: torch.Tensor,
+    times: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callable[[dict], None] | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """Ping-pong steps: x0 = x - t_i v, then x = (1 - t_{i+1}) x0 + t_{i+1} fresh noise (x0 itself at 0).
+
+    x is the latent at times[0]. The fresh noise comes from `generator` (torch's global one when None;
+    a list gives one generator per batch item), so a seed makes the whole run reproducible.
+    """
+    extra_args = extra_args or {}
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(times) - 1):
+        t, t_next = times[i], times[i + 1]
+        v = model(x, t * s_in, **extra_args)
+        denoised = x - t * v
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "denoised": denoised})
+        x = denoised if t_next == 0 else noise_to(denoised, _fresh_noise(x, generator), t_next)
+    return x
+
+
 def cfg_model(dit: Model, cond: dict, uncond: dict, scale: float) -> Model:
     """Classifier-free guidance: v_uncond + scale (v_cond - v_uncond), both halves in one forward."""
 
@@ -99,13 +171,18 @@ def known_frames_model(
     current noise level, and their velocity is the path's own (noise - known), so an Euler or Heun step
     from t to any t' lands them exactly at level t': they come out equal to `known` at t = 0. Start
     the sampler from noise_to(init, noise, t_start) with the same `noise` (at t_start = 1, just `noise`).
+
+    Above t = 0 the known frames' velocity is taken from the sampler's own x, (x - known) / t, which is
+    the path's velocity wherever x is on the path (Euler, Heun) and still gives the clean estimate
+    x - t v = known where a sampler left the path by noising afresh (ping-pong).
     """
     path_velocity = noise - known
 
     def wrapped(x: torch.Tensor, t: torch.Tensor, **extra_args) -> torch.Tensor:
         level = t.view(-1, *([1] * (x.dim() - 1)))
+        known_velocity = torch.where(level > 0, (x - known) / level.clamp(min=1e-12), path_velocity)
         x = known_mask * noise_to(known, noise, level) + (1 - known_mask) * x
         v = model(x, t, known=known, known_mask=known_mask, **extra_args)
-        return known_mask * path_velocity + (1 - known_mask) * v
+        return known_mask * known_velocity + (1 - known_mask) * v
 
     return wrapped

@@ -188,7 +188,7 @@ def test_nan_loss_says_to_lower_lr_and_resume(tmp_path, monkeypatch):
 
 
 def test_unknown_recipe_writes_nothing(tmp_path):
-    with pytest.raises(BadInput, match="There is no recipe 'nosuch'; choose one of: codec, judge-embedder, "):
+    with pytest.raises(BadInput, match="There is no recipe 'nosuch'; choose one of: arc, codec, "):
         train("nosuch", tmp_path, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 

@@ -5,6 +5,8 @@ A checkpoint is `checkpoints/step_XXXXXXXX/` holding `modules.safetensors`, `ema
 It is written into a hidden temp folder and renamed into place, so a reader sees a whole checkpoint
 or none. The optimizer's state dict is flattened: its tensors go to safetensors as
 `<param index>.<key>`, everything else (param groups, non-tensor state) to JSON in state.json.
+A recipe with optimizer groups (one AdamW per group, see training/trainer.py) has its optimizers
+saved side by side: tensors as `<group>/<param index>.<key>`, the JSON under `{"groups": {group: ...}}`.
 """
 
 from __future__ import annotations
@@ -69,6 +71,39 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
+Optimizers = torch.optim.Optimizer | dict[str, torch.optim.Optimizer]
+
+
+def flatten_optimizers(optimizer: Optimizers) -> tuple[dict[str, torch.Tensor], dict]:
+    """One optimizer as flatten_optimizer does; a dict of them with each group's tensors under `<group>/`."""
+    if not isinstance(optimizer, dict):
+        return flatten_optimizer(optimizer.state_dict())
+    tensors: dict[str, torch.Tensor] = {}
+    rests: dict[str, dict] = {}
+    for name, opt in optimizer.items():
+        assert "/" not in name and "." not in name, f"bad optimizer group name {name!r}"
+        group_tensors, rests[name] = flatten_optimizer(opt.state_dict())
+        tensors.update({f"{name}/{key}": t for key, t in group_tensors.items()})
+    return tensors, {"groups": rests}
+
+
+def restore_optimizers(optimizer: Optimizers, tensors: dict[str, torch.Tensor], rest: dict) -> None:
+    """Load what flatten_optimizers wrote; ValueError when the checkpoint holds other optimizers."""
+    saved = rest.get("groups")
+    if not isinstance(optimizer, dict):
+        if saved is not None:
+            raise ValueError(f"it holds optimizer groups {sorted(saved)} but the recipe has one optimizer")
+        optimizer.load_state_dict(unflatten_optimizer(tensors, rest))
+        return
+    if saved is None or sorted(saved) != sorted(optimizer):
+        held = "one optimizer" if saved is None else f"optimizer groups {sorted(saved)}"
+        raise ValueError(f"it holds {held} but the recipe has optimizer groups {sorted(optimizer)}")
+    for name, opt in optimizer.items():
+        prefix = f"{name}/"
+        mine = {key[len(prefix) :]: t for key, t in tensors.items() if key.startswith(prefix)}
+        opt.load_state_dict(unflatten_optimizer(mine, saved[name]))
+
+
 def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     # clone: safetensors refuses tensors that share storage (tied weights)
     return save_safetensors_bytes({k: t.detach().cpu().contiguous().clone() for k, t in tensors.items()})
@@ -79,17 +114,19 @@ def save_checkpoint(
     step: int,
     modules: dict[str, torch.nn.Module],
     ema: dict[str, torch.nn.Module],
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizers,
     state: dict,
 ) -> Path:
-    """Write `root/step_XXXXXXXX` atomically; `state` (JSON-able: rng, config, ...) goes into state.json."""
+    """Write `root/step_XXXXXXXX` atomically; `state` (JSON-able: rng, config, ...) goes into state.json.
+
+    `optimizer` is one optimizer or a dict of them by group name (see flatten_optimizers)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        opt_tensors, opt_rest = flatten_optimizer(optimizer.state_dict())
+        opt_tensors, opt_rest = flatten_optimizers(optimizer)
         payloads = {
             "modules": _tensor_bytes(flatten_modules(modules)),
             "ema": _tensor_bytes(flatten_modules(ema)),
@@ -158,9 +195,9 @@ def restore_checkpoint(
     tensors: dict[str, dict[str, torch.Tensor]],
     modules: dict[str, torch.nn.Module],
     ema: dict[str, torch.nn.Module],
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizers,
 ) -> None:
-    """Load a verified checkpoint into live modules, EMA copies and optimizer (strict).
+    """Load a verified checkpoint into live modules, EMA copies and optimizer(s) (strict).
 
     Raises ValueError or RuntimeError when the checkpoint does not fit the recipe's modules.
     """
@@ -170,7 +207,7 @@ def restore_checkpoint(
     for target, flat in ((modules, tensors["modules"]), (ema, tensors["ema"])):
         for name, sd in split_modules(flat, names).items():
             target[name].load_state_dict(sd, strict=True)
-    optimizer.load_state_dict(unflatten_optimizer(tensors["optimizer"], meta["optimizer"]))
+    restore_optimizers(optimizer, tensors["optimizer"], meta["optimizer"])
 
 
 def set_aside_newer(root: Path, step: int) -> None:

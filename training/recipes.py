@@ -40,6 +40,24 @@ class Recipe(Protocol):
     #   preview(step, modules_ema, out_dir) -> None           audio previews every preview_every steps
     #   export(modules_ema, out_dir, card=None) -> None        write a bundle (card: the training card)
     #   init_from_bundle(bundle, modules) -> None              custom --init mapping (default: by file name)
+    #
+    #   optimizer_groups() -> dict[str, list[str]]             group name -> module names (every module in
+    #                                                          exactly one group; names without "/" or ".").
+    #                                                          Each group gets its own AdamW on the same lr
+    #                                                          schedule, saved and restored with checkpoints.
+    #   group_for_step(step) -> str                            (required with optimizer_groups) the group that
+    #                                                          step trains: a pure function of the step, so a
+    #                                                          resumed run alternates the same way. Only that
+    #                                                          group's optimizer steps and its modules' EMA
+    #                                                          moves; the other groups' parameters are frozen
+    #                                                          during the step's loss and backward (they get no
+    #                                                          gradients, and no Adam moment or decay drift).
+    #   lr_scale(group) -> float                               a group's multiplier on the scheduled lr (1 if absent)
+    #
+    #   state_dict() -> dict                                   the recipe's own JSON-able state (counters, the
+    #   load_state_dict(state) -> None                         newest figure of a periodic measurement, ...):
+    #                                                          saved in every checkpoint's state.json, restored
+    #                                                          on resume and before export.
 
 
 def recipe_settings(recipe: str, config: dict | None, defaults: dict) -> dict:
@@ -74,6 +92,7 @@ RECIPES: dict[str, Callable[[dict, Path], Recipe]] = {
     "toy": _lazy("training.toy_recipe", "ToyRecipe"),
     "codec": _lazy("training.codec_recipe", "CodecRecipe"),
     "static": _lazy("training.static_recipe", "StaticRecipe"),
+    "arc": _lazy("training.arc_recipe", "ArcRecipe"),
     "ssl-embedder": _lazy("training.embedder_recipe", "SSLEmbedderRecipe"),
     "judge-embedder": _lazy("training.embedder_recipe", "JudgeEmbedderRecipe"),
 }

@@ -10,6 +10,13 @@ world_size, ...)` and the torch/numpy/random generators are reseeded with `step_
 before every `loss()`, so a resumed run (or another process layout) sees exactly the same data and
 noise. Files are written by rank 0 only, so several processes can share a run folder later.
 
+Adversarial recipes split their modules into optimizer groups (`recipe.optimizer_groups()`), each with
+its own AdamW on the same lr schedule (times `recipe.lr_scale(group)` when the recipe has one). Step s
+trains only the group `recipe.group_for_step(s)`: the other groups' parameters are frozen for that
+step's loss and backward, and their optimizers and EMA weights are left alone. A recipe's own
+JSON-able state (`recipe.state_dict()` / `load_state_dict`) is saved in every checkpoint and restored
+on resume and export.
+
     python -m training.trainer --recipe toy --data DIR --out RUN [--steps N] [--config FILE]
         [--init BUNDLE] [--resume] [--set lr=1e-3 --set recipe.dim=16]
 """
@@ -294,6 +301,28 @@ def make_optimizer(modules: dict[str, torch.nn.Module], config: TrainConfig) -> 
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
+def optimizer_groups(recipe: Recipe, modules: dict[str, torch.nn.Module]) -> dict[str, list[str]] | None:
+    """The recipe's optimizer groups (group -> module names), or None when it trains everything as one."""
+    if not hasattr(recipe, "optimizer_groups"):
+        return None
+    groups = {name: list(names) for name, names in recipe.optimizer_groups().items()}
+    named = sorted(n for names in groups.values() for n in names)
+    assert groups and named == sorted(modules), f"optimizer groups {groups} must name each module once"
+    assert hasattr(recipe, "group_for_step"), "a recipe with optimizer groups says which one each step trains"
+    return groups
+
+
+def make_optimizers(
+    recipe: Recipe, modules: dict[str, torch.nn.Module], config: TrainConfig
+) -> tuple[torch.optim.AdamW | dict[str, torch.optim.AdamW], dict[str, list[str]] | None]:
+    """One AdamW over every module, or one per optimizer group (a dict by group name); and the groups."""
+    groups = optimizer_groups(recipe, modules)
+    if groups is None:
+        return make_optimizer(modules, config), None
+    optimizers = {g: make_optimizer({n: modules[n] for n in names}, config) for g, names in groups.items()}
+    return optimizers, groups
+
+
 def ema_decay_at(step: int, decay: float) -> float:
     """EMA decay warmed up over the first steps, so early EMA weights are not stuck at the init."""
     return min(decay, (1.0 + step) / (10.0 + step))
@@ -508,11 +537,13 @@ def train(
     if found is None and init_bundle is not None:
         init_from_bundle(Path(init_bundle), recipe, modules)
     ema = ema_copies(modules)
-    optimizer = make_optimizer(modules, config)
+    optimizer, groups = make_optimizers(recipe, modules, config)
     if found is not None:
         path, meta, tensors = found
         try:
             restore_checkpoint(meta, tensors, modules, ema, optimizer)
+            if "recipe_state" in meta and hasattr(recipe, "load_state_dict"):
+                recipe.load_state_dict(meta["recipe_state"])
         except (ValueError, RuntimeError) as e:
             raise BadInput(
                 f"The checkpoint {path} does not fit the {recipe_name} recipe as configured now ({str(e).splitlines()[0]}); "
@@ -576,6 +607,8 @@ def train(
                     "next_step_seed": step_seed(config.seed, step, rank),
                 },
             }
+            if hasattr(recipe, "state_dict"):
+                extra["recipe_state"] = recipe.state_dict()
             path = save_checkpoint(run.checkpoints, step, modules, ema, optimizer, extra)
             prune_checkpoints(run.checkpoints, config.keep_checkpoints)
         last_saved = path
@@ -617,27 +650,52 @@ def train(
                     break
 
                 lr = lr_at(step, config)
-                for group in optimizer.param_groups:
+                # with optimizer groups only this step's group trains: the others are frozen for its
+                # loss and backward, and their optimizers (Adam moments) and EMA weights wait
+                active, frozen = None, []
+                step_optimizer, step_modules, step_params = optimizer, modules, params
+                if groups is not None:
+                    active = recipe.group_for_step(step)
+                    assert active in groups, (
+                        f"group_for_step({step}) gave {active!r}, not one of {list(groups)}"
+                    )
+                    step_optimizer = optimizer[active]
+                    step_modules = {n: modules[n] for n in groups[active]}
+                    step_params = [
+                        p for m in step_modules.values() for p in m.parameters() if p.requires_grad
+                    ]
+                    idle = [n for n in modules if n not in step_modules]
+                    frozen = [p for n in idle for p in modules[n].parameters() if p.requires_grad]
+                    if hasattr(recipe, "lr_scale"):
+                        lr = lr * recipe.lr_scale(active)
+                for group in step_optimizer.param_groups:
                     group["lr"] = lr
                 indices = batch_indices(config.seed, step, rank, world_size, config.batch_size, size)
                 seed_everything(step_seed(config.seed, step, rank))
                 for m in modules.values():
                     m.train()
-                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
-                    loss, info = recipe.loss(step, indices, modules)
-                loss_value = float(loss.detach().float())
-                if not math.isfinite(loss_value):
-                    # randomness is a pure function of the step, so resuming as is would replay this step
-                    raise BadInput(
-                        f"The loss became {loss_value} at step {step}; "
-                        "lower the learning rate (--set lr=...) and --resume."
-                    )
-                loss.backward()
+                for p in frozen:
+                    p.requires_grad_(False)
+                try:
+                    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
+                        loss, info = recipe.loss(step, indices, modules)
+                    loss_value = float(loss.detach().float())
+                    if not math.isfinite(loss_value):
+                        # randomness is a pure function of the step, so resuming as is would replay this step
+                        raise BadInput(
+                            f"The loss became {loss_value} at step {step}; "
+                            "lower the learning rate (--set lr=...) and --resume."
+                        )
+                    loss.backward()
+                finally:
+                    for p in frozen:
+                        p.requires_grad_(True)
                 clip = config.grad_clip if config.grad_clip > 0 else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                update_ema(ema, modules, ema_decay_at(step, config.ema_decay))
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(step_params, clip))
+                step_optimizer.step()
+                for opt in optimizer.values() if groups is not None else [optimizer]:
+                    opt.zero_grad(set_to_none=True)
+                update_ema(ema, step_modules, ema_decay_at(step, config.ema_decay))
                 step += 1
                 bar.update(1)
 
@@ -752,6 +810,7 @@ class RunSnapshot:
     wall_time_s: float
     modules: dict[str, dict[str, torch.Tensor]]  # live weights, by module name
     ema: dict[str, dict[str, torch.Tensor]]  # EMA weights, by module name: what a bundle ships
+    recipe_state: dict | None = None  # the recipe's own state (recipe.state_dict()), when it keeps one
 
 
 def load_run_for_export(run_dir: Path | str) -> RunSnapshot:
@@ -778,6 +837,7 @@ def load_run_for_export(run_dir: Path | str) -> RunSnapshot:
         wall_time_s=float(meta.get("elapsed_s", 0.0)),
         modules=split_modules(tensors["modules"], names),
         ema=split_modules(tensors["ema"], names),
+        recipe_state=meta.get("recipe_state"),
     )
 
 
@@ -792,6 +852,8 @@ def export_run(run_dir: Path | str, out_dir: Path | str, *, data_dir: Path | str
     ema = ema_copies(recipe.modules())
     for name, state in run.ema.items():
         ema[name].load_state_dict(state, strict=True)
+    if run.recipe_state is not None and hasattr(recipe, "load_state_dict"):
+        recipe.load_state_dict(run.recipe_state)
     card = {**training_card(run_dir), "steps": run.step, "wall_time_s": round(run.wall_time_s, 1)}
     if "card" in inspect.signature(recipe.export).parameters:
         recipe.export(ema, out_dir, card=card)
