@@ -261,6 +261,235 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _step_progress(desc: str):
+    """(callback, close) for a tqdm bar of sampler steps that starts at the first step (bad input draws none)."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def on_step(state: dict) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(desc=desc, unit="step", disable=not sys.stderr.isatty())
+        bar.update(1)
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return on_step, close
+
+
+def _run_pipeline(args: argparse.Namespace, make, *, source: Path | None = None, describe=None) -> int:
+    """Shared by the pipeline verbs: check -o, load the model, run `make(gen, callback, info)`, write the
+    audio and its settings file (OUT.json) atomically. `describe(info)` may add a line after the seed."""
+    import json
+
+    from pipelines.audio import check_output_path
+
+    out = check_output_path(args.output)
+    from pipelines.generator import load_generator
+
+    gen = load_generator(args.model)
+    from pipelines.atomic_files import write_atomic
+    from pipelines.audio import save_audio
+    from pipelines.conditioned import pipeline_record
+    from pipelines.generator import settings_path
+
+    info: dict = {}
+    on_step, close = _step_progress(args.verb)
+    try:
+        audio = make(gen, on_step, info)
+    finally:
+        close()
+    record = pipeline_record({**info, "source": str(source) if source else None}, gen)
+    print(f"seed {info['seed']}")
+    if describe is not None:
+        print(describe(info))
+    save_audio(audio, out)
+    write_atomic(settings_path(out), json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _load_input(path: str):
+    from pipelines.audio import check_input_path, load_audio
+
+    return load_audio(check_input_path(path))
+
+
+def _transform(args: argparse.Namespace) -> int:
+    from pipelines.transform import parse_keep
+
+    keep = parse_keep(args.keep)  # checked before anything loads
+    source = _load_input(args.input)
+    from pipelines.transform import transform
+
+    def make(gen, callback, info):
+        return transform(
+            gen,
+            source,
+            args.prompt,
+            strength=args.strength,
+            keep=keep,
+            seed=args.seed,
+            steps=args.steps,
+            callback=callback,
+            info=info,
+        )
+
+    return _run_pipeline(args, make, source=Path(args.input))
+
+
+def _voice(args: argparse.Namespace) -> int:
+    from pipelines.audio import check_input_path
+    from pipelines.voice import MIDI_SUFFIXES
+
+    path = check_input_path(args.input)
+    source = path if path.suffix.lower() in MIDI_SUFFIXES else _load_input(args.input)
+    from pipelines.voice import voice
+
+    def make(gen, callback, info):
+        return voice(gen, source, args.prompt, seed=args.seed, steps=args.steps, callback=callback, info=info)
+
+    return _run_pipeline(args, make, source=path)
+
+
+def _beats(args: argparse.Namespace) -> int:
+    from pipelines.loops import parse_key, parse_meter
+
+    parse_meter(args.meter), parse_key(args.key)  # checked before anything loads
+    track = _load_input(args.align_to) if args.align_to else None
+    if args.downbeat_offset is not None and track is None:
+        from pipelines.errors import BadInput
+
+        raise BadInput("--downbeat-offset needs --align-to TRACK; give the track, or drop the offset.")
+    if track is None and args.bpm is None:
+        from pipelines.errors import BadInput
+
+        raise BadInput("Give the tempo with --bpm B, or a track to follow with --align-to TRACK.")
+    from pipelines.loops import beats
+
+    def make(gen, callback, info):
+        return beats(
+            gen,
+            args.prompt,
+            bpm=args.bpm,
+            bars=args.bars,
+            meter=args.meter,
+            key=args.key,
+            loop=args.loop,
+            align_to=track,
+            downbeat_offset=args.downbeat_offset,
+            seed=args.seed,
+            steps=args.steps,
+            callback=callback,
+            info=info,
+        )
+
+    def describe(info: dict) -> str:
+        if info.get("starts_at_s") is None:
+            return f"{info['samples']} samples: {info['bars']} bars of {info['beats_per_bar']} at {info['bpm']:g} BPM"
+        return (
+            f"in sync when started {info['starts_at_s']:.3f} s into {args.align_to} ({info['bpm']:.2f} BPM)"
+        )
+
+    return _run_pipeline(args, make, source=Path(args.align_to) if args.align_to else None, describe=describe)
+
+
+def _extend(args: argparse.Namespace) -> int:
+    source = _load_input(args.input)
+    from pipelines.edit import extend
+
+    def make(gen, callback, info):
+        return extend(
+            gen,
+            source,
+            args.prompt,
+            seconds=args.seconds,
+            seed=args.seed,
+            steps=args.steps,
+            callback=callback,
+            info=info,
+        )
+
+    return _run_pipeline(args, make, source=Path(args.input))
+
+
+def _repaint(args: argparse.Namespace) -> int:
+    source = _load_input(args.input)
+    from pipelines.edit import repaint
+
+    def make(gen, callback, info):
+        return repaint(
+            gen,
+            source,
+            args.prompt,
+            start=args.start,
+            end=args.end,
+            seed=args.seed,
+            steps=args.steps,
+            callback=callback,
+            info=info,
+        )
+
+    return _run_pipeline(args, make, source=Path(args.input))
+
+
+def _live(args: argparse.Namespace) -> int:
+    from pipelines.errors import BadInput
+
+    if args.output is None:
+        from pipelines.live import output_device_problem
+
+        problem = output_device_problem()  # said before the model loads
+        if problem is not None:
+            raise BadInput(problem[0].upper() + problem[1:] + ".")
+    elif args.seconds is None:
+        raise BadInput("Writing a live stream to a file needs its length: add --seconds S.")
+    from pipelines.live import play, stream
+
+    if args.output is not None:
+
+        def make(gen, callback, info):
+            import numpy as np
+
+            from pipelines.audio import Audio
+
+            chunks = stream(
+                gen,
+                args.prompt,
+                morph_to=args.morph,
+                alpha=args.alpha,
+                seconds=args.seconds,
+                seed=args.seed,
+                steps=args.steps,
+                info=info,
+            )
+            return Audio(np.concatenate([c.samples for c in chunks], axis=1), gen.sample_rate)
+
+        return _run_pipeline(args, make)
+
+    from pipelines.generator import load_generator
+
+    gen = load_generator(args.model)
+    info: dict = {}
+    chunks = stream(
+        gen,
+        args.prompt,
+        morph_to=args.morph,
+        alpha=args.alpha,
+        seconds=args.seconds,
+        seed=args.seed,
+        steps=args.steps,
+        info=info,
+    )
+    print(f"seed {info['seed']}; playing (Ctrl-C stops)", flush=True)
+    played = play(chunks, gen.sample_rate)
+    print(f"played {played:.1f} s")
+    return 0
+
+
 def _dataset_build(args: argparse.Namespace) -> int:
     out = _output_dir(args.out, "--out")
     from training.corpus import build_corpus
@@ -289,7 +518,8 @@ def _dataset_encode(args: argparse.Namespace) -> int:
     data = _existing_dir(args.folder, "dataset encode")
     from training.latent_cache import encode_corpus
 
-    print(f"latents in {encode_corpus(data, args.model)}")
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    print(f"latents in {encode_corpus(data, args.model, categories=categories)}")
     return 0
 
 
@@ -327,6 +557,8 @@ def _train(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.what == "generate":
         return _bench_generate(args)
+    if args.what == "pipelines":
+        return _bench_pipelines(args)
     if args.what != "codec":
         return _not_yet(f"bench {args.what}")(args)
     data = _existing_dir(args.data, "--data") if args.data else None
@@ -345,6 +577,19 @@ def _bench_generate(args: argparse.Namespace) -> int:
             raise BadInput(f"{flag} is for `{PROG} bench codec`; `bench generate` takes --model and --json.")
     json_out = _output_file(args.json, "--json") if args.json else None
     from training.bench_generate import run_bench
+
+    run_bench(args.model, json_out)  # prints its own table
+    return 0
+
+
+def _bench_pipelines(args: argparse.Namespace) -> int:
+    from pipelines.errors import BadInput
+
+    for flag, given in (("--data", args.data), ("--update-card", args.update_card)):
+        if given:
+            raise BadInput(f"{flag} is for `{PROG} bench codec`; `bench pipelines` takes --model and --json.")
+    json_out = _output_file(args.json, "--json") if args.json else None
+    from training.bench_pipelines import run_bench
 
     run_bench(args.model, json_out)  # prints its own table
     return 0
@@ -508,50 +753,87 @@ def build_parser() -> argparse.ArgumentParser:
     model(p)
     output(p)
 
-    p = verb("transform", "restyle a sound with a prompt", _not_yet("transform"))
+    def sampling(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--seed", type=_seed, help="seed for the noise (default: random, printed)")
+        p.add_argument("--steps", type=_positive_int, help="sampling steps (default: the model's)")
+
+    pipeline_epilog = "Beside the output goes OUT.json with the settings, seed and model hash that made it."
+
+    p = verb("transform", "restyle a sound with a prompt", _transform)
+    p.epilog = pipeline_epilog
     p.add_argument("input", metavar="INPUT")
     p.add_argument("prompt", metavar="PROMPT")
     p.add_argument("--strength", type=_unit, default=0.6, help="0..1: how far from the input to go")
-    p.add_argument("--keep", default="", metavar="rhythm,melody", help="what to keep from the input")
+    p.add_argument(
+        "--keep",
+        default="",
+        metavar="rhythm,melody",
+        help="what to keep from the input: rhythm, melody, loudness",
+    )
+    sampling(p)
     model(p)
     output(p)
 
-    p = verb("voice", "turn a voice recording into sound", _not_yet("voice"))
-    p.add_argument("input", metavar="INPUT")
+    p = verb("voice", "turn a voice recording (or a MIDI file) into sound", _voice)
+    p.epilog = pipeline_epilog
+    p.add_argument("input", metavar="INPUT", help="a recording (.wav .flac .ogg .mp3) or a MIDI file (.mid)")
     p.add_argument("prompt", metavar="PROMPT")
+    sampling(p)
     model(p)
     output(p)
 
-    p = verb("beats", "make a beat-locked loop", _not_yet("beats"))
+    p = verb("beats", "make a beat-locked loop", _beats)
+    p.epilog = pipeline_epilog
     p.add_argument("prompt", metavar="PROMPT")
-    p.add_argument("--bpm", type=_bpm, required=True)
+    p.add_argument("--bpm", type=_bpm, help="tempo (20..400); with --align-to, the track's when left out")
     p.add_argument("--bars", type=_positive_int, required=True)
     p.add_argument("--meter", default="4/4")
-    p.add_argument("--key", metavar="K")
-    p.add_argument("--loop", action="store_true")
-    p.add_argument("--align-to", metavar="TRACK")
+    p.add_argument("--key", metavar="K", help="e.g. A minor, F#, Ebm")
+    p.add_argument("--loop", action="store_true", help="make the end run on seamlessly into the start")
+    p.add_argument("--align-to", metavar="TRACK", help="follow this track's tempo and start on its downbeat")
+    p.add_argument(
+        "--downbeat-offset",
+        type=_float_in(0, 3600, low_open=False),
+        metavar="S",
+        help="the track's first downbeat in seconds (default: detected)",
+    )
+    sampling(p)
     model(p)
     output(p)
 
-    p = verb("extend", "continue a sound", _not_yet("extend"))
+    p = verb("extend", "continue a sound", _extend)
+    p.epilog = pipeline_epilog
     p.add_argument("input", metavar="INPUT")
     p.add_argument("prompt", metavar="PROMPT")
     p.add_argument("--seconds", type=_seconds, required=True)
+    sampling(p)
     model(p)
     output(p)
 
-    p = verb("repaint", "regenerate a span of a sound", _not_yet("repaint"))
+    p = verb("repaint", "regenerate a span of a sound", _repaint)
+    p.epilog = pipeline_epilog
     p.add_argument("input", metavar="INPUT")
     p.add_argument("prompt", metavar="PROMPT")
     p.add_argument("--start", type=_float_in(0, 3600, low_open=False), required=True, metavar="A")
     p.add_argument("--end", type=_float_in(0, 3600), required=True, metavar="B")
+    sampling(p)
     model(p)
     output(p)
 
-    p = verb("live", "play a live stream through the sound card", _not_yet("live"))
+    p = verb("live", "play a live stream through the sound card", _live)
     p.add_argument("prompt", metavar="PROMPT")
-    p.add_argument("--morph", metavar="PROMPT2")
+    p.add_argument("--morph", metavar="PROMPT2", help="a second prompt to morph towards")
+    p.add_argument(
+        "--alpha", type=_unit, default=0.5, help="0..1: where between PROMPT and PROMPT2 (with --morph)"
+    )
+    p.add_argument(
+        "--seconds", type=_float_in(0, 86400), help="stop after S seconds (default: play until Ctrl-C)"
+    )
+    sampling(p)
     model(p)
+    p.add_argument(
+        "-o", "--output", metavar="OUT", help="write --seconds of the stream to OUT instead of playing"
+    )
 
     p = verb("codec", "run the audio codec", None)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -593,6 +875,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=_dataset_encode)
     q.add_argument("folder", metavar="DIR")
     q.add_argument("--model", metavar="BUNDLE", help="codec bundle (default: the bundled codec)")
+    q.add_argument(
+        "--categories",
+        metavar="A,B",
+        help="encode only clips of these categories (params.category), e.g. note; the rest can follow later",
+    )
     q = actions.add_parser(
         "from-folder", help="make a corpus from your folder", description="make a corpus from your folder"
     )

@@ -22,6 +22,7 @@ from pipelines.audio import Audio, load_audio
 from pipelines.bundle import bundle_hash
 from pipelines.codec import Codec, load_codec
 from pipelines.controls import measure_controls
+from pipelines.errors import BadInput
 
 # Stored in each file's metadata; bump it when what a file holds (or how controls are measured) changes,
 # and `encode_corpus` re-encodes the older files.
@@ -112,15 +113,32 @@ def read_entry(path: Path) -> dict[str, torch.Tensor]:
     }
 
 
-def encode_corpus(data_dir: Path, codec_path: Path | None = None, *, progress: bool = True) -> Path:
-    """Encode every clip of a corpus that is not cached yet (or cached in an older format); returns the cache folder."""
+def encode_corpus(
+    data_dir: Path,
+    codec_path: Path | None = None,
+    *,
+    categories: list[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Encode every clip of a corpus (or of these `categories` only) that is not cached yet (or cached in an
+    older format); returns the cache folder."""
     from tqdm import tqdm
 
     from training.corpus import read_manifest
 
     data_dir = Path(data_dir)
+    records = read_manifest(data_dir)
+    if categories is not None:
+        known = {rec.get("params", {}).get("category") for rec in records}
+        unknown = sorted(set(categories) - known)
+        if unknown:
+            raise BadInput(
+                f"The corpus in {data_dir} has no clips of category '{unknown[0]}'; "
+                f"its categories are {', '.join(sorted(str(k) for k in known))}."
+            )
+        records = [rec for rec in records if rec.get("params", {}).get("category") in set(categories)]
     writer = LatentCacheWriter(data_dir, load_codec(codec_path))
-    todo = [rec for rec in read_manifest(data_dir) if not writer.has(rec["id"])]
+    todo = [rec for rec in records if not writer.has(rec["id"])]
     for rec in tqdm(todo, desc="encoding latents", unit="clip", disable=not progress, mininterval=1.0):
         writer.add_record(rec, load_audio(data_dir / rec["path"]))
     return writer.root
