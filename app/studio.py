@@ -8,7 +8,8 @@ Three parts, top to bottom: `Studio` holds the state and the event handlers (the
 never model math, and turn a `BadInput` into a one-sentence gr.Error); `build_app` is the layout and
 wires components to handlers; `launch` / `run_studio` serve it with the safety defaults (loopback
 unless told otherwise, one generation at a time through a bounded queue, files served only from
-the output folder, uploads capped).
+the output folder, which may not hold the home folder, uploads capped, no fetching of URLs for
+clients).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from dataclasses import asdict, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
 
 from pipelines.atomic_files import write_atomic  # noqa: E402
 from pipelines.audio import load_audio, save_audio  # noqa: E402
@@ -56,6 +59,7 @@ DEFAULT_SECONDS = 4.0
 FALLBACK_MAX_SECONDS = 47.0  # DiTConfig's default, for a bundle whose model.json cannot be read yet
 SEED_RANGE = 2**31
 RANDOM_SEED = -1  # the seed box's "draw one for me"
+REMOTE_FILE = re.compile(r"/file[=/]https?:", re.IGNORECASE)  # Gradio's file routes given a URL
 
 
 def default_outputs() -> Path:
@@ -377,6 +381,7 @@ def launch(
     preload: bool = True,
 ) -> gr.Blocks:
     """Serve the studio at http://host:port; with block=False return the running app (call .close())."""
+    _check_outputs_servable(studio.outputs)
     _check_port_free(host, port)
     demo = build_app(studio)
     demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
@@ -393,6 +398,7 @@ def launch(
         ssr_mode=False,
         mcp_server=False,
         pwa=False,
+        app_kwargs={"middleware": [Middleware(_NoRemoteFiles)]},
     )
     if preload:
         threading.Thread(target=studio.preload, name="soundloom-preload", daemon=True).start()
@@ -415,6 +421,33 @@ def run_studio(
 ) -> None:
     """What `soundloom studio` does: serve until Ctrl-C. The caller decides whether `host` may be public."""
     launch(Studio(model, outputs), host=host, port=port, auth=auth, open_browser=open_browser)
+
+
+class _NoRemoteFiles:
+    """Refuses `/file=<http(s) URL>`, which Gradio answers by fetching the URL itself: the studio serves
+    its output folder and never goes online on a client's behalf."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and REMOTE_FILE.search(scope.get("path", "")):
+            refused = PlainTextResponse(
+                "The studio serves files from its output folder only.", status_code=403
+            )
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _check_outputs_servable(outputs: Path) -> None:
+    """Every file under the output folder can be fetched from the page: it must not hold the home folder."""
+    home = Path.home().resolve()
+    if outputs == Path(outputs.anchor) or home == outputs or outputs in home.parents:
+        raise BadInput(
+            f"The output folder '{outputs}' holds your home folder, and the studio serves every file in its "
+            "output folder; pass --outputs a folder of its own, such as ~/soundloom-output."
+        )
 
 
 def _check_port_free(host: str, port: int) -> None:

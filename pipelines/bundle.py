@@ -3,7 +3,9 @@
 `model.json` holds `format_version`, `kind`, `config`, `files` (name -> sha256 of the file),
 `components` (name -> {"sha256": bundle hash, "path": where it was}) and a training `card`.
 Shared components (codec, text encoder, embedders) are referenced by hash, never copied. Every
-checksum is verified on load and nothing is ever unpickled: safetensors and JSON only.
+checksum is verified on load and nothing is ever unpickled: safetensors and JSON only. A bundle
+folder holding a pickle file (.pt, .pth, .pkl, .pickle, .bin, .ckpt), a tensor file name that is a
+path or a pickle, or a file that is not safetensors under its checksum is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -26,6 +29,7 @@ from pipelines.errors import BadInput
 FORMAT_VERSION = 1
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")  # formats that unpickle on load
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -140,9 +144,14 @@ class Bundle:
                 f"The bundle {self.path} has no tensor file '{name}' (it has: {', '.join(self.files)})."
             )
         data = _read_verified(self.path, name, self.meta["files"][name])
-        return {
-            k: (t.float() if t.is_floating_point() else t) for k, t in load_safetensors_bytes(data).items()
-        }
+        try:
+            tensors = load_safetensors_bytes(data)
+        except SafetensorError:
+            raise BadInput(
+                f"{self.path / (name + '.safetensors')} is not a readable safetensors file; "
+                "re-export the bundle."
+            ) from None
+        return {k: (t.float() if t.is_floating_point() else t) for k, t in tensors.items()}
 
     def load_into(self, name: str, module: torch.nn.Module) -> None:
         """Load `<name>.safetensors` into `module`: the same keys and shapes are required (BadInput if not)."""
@@ -186,7 +195,23 @@ def _read_verified(folder: Path, name: str, sha: str) -> bytes:
             f"The checksum of {path} does not match model.json, so the file is damaged or was changed; "
             "copy the bundle again or re-export it."
         )
+    if not _has_safetensors_header(data):
+        raise BadInput(
+            f"{path} is not a safetensors file (soundloom loads safetensors and JSON only, never pickles); "
+            "re-export the bundle."
+        )
     return data
+
+
+def _has_safetensors_header(data: bytes) -> bool:
+    """Whether `data` opens as safetensors does: a little-endian u64 length, then that many bytes of JSON."""
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    if size < 2 or 8 + size > len(data):
+        return False
+    try:
+        return isinstance(json.loads(data[8 : 8 + size]), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 def _resolve_component(folder: Path, name: str, ref: dict) -> Path:
@@ -231,6 +256,23 @@ def load_bundle(path: Path | str) -> Bundle:
         raise BadInput(
             f"The bundle {folder} has format version {version!r} but this soundloom reads version "
             f"{FORMAT_VERSION}; re-export it with this version."
+        )
+    for name in meta["files"]:
+        if (
+            not isinstance(name, str)
+            or not _NAME.match(name)
+            or name.startswith(".")
+            or name.lower().endswith(PICKLE_SUFFIXES)
+        ):
+            raise BadInput(
+                f"{model_json} names the tensor file {name!r}, which is not a plain safetensors name; "
+                "soundloom loads safetensors and JSON only, so re-export the bundle."
+            )
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise BadInput(
+            f"The bundle {folder} holds {pickles[0]}, a pickle file soundloom never loads; remove it or "
+            "re-export the bundle (bundles hold safetensors and JSON only)."
         )
     for name, sha in meta["files"].items():
         _read_verified(folder, name, sha)

@@ -1,10 +1,12 @@
 """Training checkpoints: atomic folders of safetensors with sha256 checksums, never pickles.
 
 A checkpoint is `checkpoints/step_XXXXXXXX/` holding `modules.safetensors`, `ema.safetensors`,
-`optimizer.safetensors` and `state.json` (step, rng, config, extra, and the sha256 of each file).
-It is written into a hidden temp folder and renamed into place, so a reader sees a whole checkpoint
-or none. The optimizer's state dict is flattened: its tensors go to safetensors as
-`<param index>.<key>`, everything else (param groups, non-tensor state) to JSON in state.json.
+`optimizer.safetensors` and `state.json` (step, rng, config, extra, the sha256 of each file, and
+`state_sha256`, the sha256 of state.json's own text without that last key). It is written into a
+hidden temp folder and renamed into place, so a reader sees a whole checkpoint or none; old ones are
+renamed aside before they are deleted, so a kill never leaves half a checkpoint under a step name.
+The optimizer's state dict is flattened: its tensors go to safetensors as `<param index>.<key>`,
+everything else (param groups, non-tensor state) to JSON in state.json.
 A recipe with optimizer groups (one AdamW per group, see training/trainer.py) has its optimizers
 saved side by side: tensors as `<group>/<param index>.<key>`, the JSON under `{"groups": {group: ...}}`.
 """
@@ -19,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -137,6 +140,7 @@ def save_checkpoint(
             (tmp / f"{name}.safetensors").write_bytes(data)
             sha[name] = sha256_bytes(data)
         meta = {**state, "step": step, "module_names": list(modules), "optimizer": opt_rest, "sha256": sha}
+        meta["state_sha256"] = _state_sha256(meta)
         (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
         # the same step may be saved again (e.g. a stop right after a periodic save)
         replace_folder(tmp, final)
@@ -144,6 +148,15 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _state_sha256(meta: dict) -> str:
+    """The sha256 of state.json's text as json.dumps writes it, less the `state_sha256` key (always last).
+
+    json.loads gives back the same text under json.dumps (key order, floats and all), so a reader
+    recomputes it from the parsed file."""
+    rest = {k: v for k, v in meta.items() if k != "state_sha256"}
+    return sha256_bytes(json.dumps(rest, indent=1).encode())
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -162,15 +175,25 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]
         raise ValueError("state.json is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError("state.json is truncated or not JSON") from None
+    if not isinstance(meta, dict):
+        raise ValueError("state.json is not a JSON object")
+    # checkpoints written before state.json carried its own checksum have no state_sha256
+    if "state_sha256" in meta and meta["state_sha256"] != _state_sha256(meta):
+        raise ValueError("state.json does not match its checksum")
+    meta.pop("state_sha256", None)
     tensors = {}
     for name in FILES:
         file = path / f"{name}.safetensors"
         if not file.is_file():
             raise ValueError(f"{file.name} is missing")
         data = file.read_bytes()
-        if sha256_bytes(data) != meta.get("sha256", {}).get(name):
+        sums = meta.get("sha256")
+        if not isinstance(sums, dict) or sha256_bytes(data) != sums.get(name):
             raise ValueError(f"{file.name} does not match its checksum")
-        tensors[name] = load_safetensors_bytes(data)
+        try:
+            tensors[name] = load_safetensors_bytes(data)
+        except SafetensorError:
+            raise ValueError(f"{file.name} is not a safetensors file") from None
     return meta, tensors
 
 
@@ -179,13 +202,14 @@ def latest_good_checkpoint(root: Path) -> tuple[Path, dict, dict[str, dict[str, 
     for step, path in reversed(list_checkpoints(root)):
         try:
             meta, tensors = read_checkpoint(path)
+            if meta.get("step") != step:
+                raise ValueError(f"state.json holds step {meta.get('step')!r}")
         except ValueError as reason:
             warnings.warn(
                 f"Checkpoint {path.name} is damaged ({reason}), so the previous good one is used instead.",
                 stacklevel=2,
             )
             continue
-        assert meta["step"] == step, f"{path} holds step {meta['step']}"
         return path, meta, tensors
     return None
 
@@ -222,6 +246,11 @@ def set_aside_newer(root: Path, step: int) -> None:
 def prune_checkpoints(root: Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints, and temp folders left by killed runs."""
     for _, path in list_checkpoints(root)[: -max(keep, 1)]:
+        # renamed first: a kill in the middle of rmtree leaves a hidden folder, not half a checkpoint
+        aside = root / f".pruned-{path.name}"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(path, aside)
+    for path in root.glob(".pruned-step_*"):
         shutil.rmtree(path, ignore_errors=True)
     for path in root.glob(".tmp-step_*"):
         if not path.name.endswith(f"-{os.getpid()}"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import hashlib
 import inspect
 import json
@@ -402,7 +403,10 @@ class RunFolder:
 
     def close(self) -> None:
         if self._metrics is not None:
-            self._metrics.close()
+            try:
+                self._metrics.close()
+            except OSError:
+                pass  # a full disk: a torn last line is dropped when the run resumes (keep_metrics_until)
             self._metrics = None
 
 
@@ -494,7 +498,8 @@ def train(
     """Train `recipe_name` into `run_dir` and return the final checkpoint folder.
 
     Ends with status "done" after `steps`, or "stopped" (after saving) on a control-file stop or
-    SIGTERM/SIGINT. `on_metrics` receives every metrics record in-process (rank 0).
+    SIGTERM/SIGINT. `on_metrics` receives every metrics record in-process (rank 0). A full disk ends
+    it as "failed" with BadInput saying so; the last checkpoint stays whole.
     """
     assert 0 <= rank < world_size
     recipe_factory(recipe_name)  # an unknown name fails before anything is written
@@ -742,7 +747,24 @@ def train(
                 state = "done"
             status(state)
     except BaseException as e:
-        status("failed", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full:  # checkpoints are written aside and renamed, so the last one is whole
+            kept = (
+                f"the last checkpoint, {last_saved.name}, is intact"
+                if last_saved
+                else "no checkpoint was written"
+            )
+            message = (
+                f"The disk holding {run.path} is full, so training stopped at step {step} and {kept}; "
+                "free some space and run again with --resume."
+            )
+        try:
+            status("failed", message)
+        except OSError:
+            pass  # a full disk may refuse status.json as well; the message still reaches the caller
+        if full:
+            raise BadInput(message) from None
         raise
     finally:
         bar.close()
