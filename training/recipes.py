@@ -93,6 +93,9 @@ RECIPES: dict[str, Callable[[dict, Path], Recipe]] = {
     "codec": _lazy("training.codec_recipe", "CodecRecipe"),
     "static": _lazy("training.static_recipe", "StaticRecipe"),
     "arc": _lazy("training.arc_recipe", "ArcRecipe"),
+    "stage-adaptive": _lazy("training.stage_adaptive", "StageAdaptiveRecipe"),
+    "random-threshold": _lazy("training.stage_adaptive", "RandomThresholdRecipe"),
+    "fixed-schedule": _lazy("training.stage_adaptive", "FixedScheduleRecipe"),
     "ssl-embedder": _lazy("training.embedder_recipe", "SSLEmbedderRecipe"),
     "judge-embedder": _lazy("training.embedder_recipe", "JudgeEmbedderRecipe"),
 }
