@@ -280,11 +280,6 @@ def test_codec_run_killed_and_resumed_matches_uninterrupted(tmp_path):
 
 
 @pytest.mark.skipif(not (default_codec_path() / "model.json").exists(), reason="no bundled codec yet")
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect of the bundled codec (issue 2, open): the pitch is now exact (peak at 440 Hz) but "
-    "the harmonic partials are still too quiet, ~11 LU under the input; strict, so a fixed codec turns this red",
-)
 def test_bundled_codec_keeps_a_tone():
     """The bundled codec reproduces a 440 Hz harmonic tone: same spectral peak, loudness within 1.5 dB."""
     from pipelines.audio import loudness_lufs
