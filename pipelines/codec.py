@@ -157,12 +157,21 @@ def pitch_latent(f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
     return torch.stack([(log_f0 * weight).sum(-1) / weight.sum(-1), v.mean(-1)], dim=1)
 
 
+def channel_frames(z_raw: torch.Tensor, channel: int, frames: int) -> torch.Tensor:
+    """One latent channel at the STFT frame rate, linearly interpolated (edges held): [B, C, T] -> [B, frames]."""
+    up = F.interpolate(
+        z_raw[:, channel].float()[:, None], scale_factor=2, mode="linear", align_corners=False
+    )[:, 0]
+    return (
+        F.pad(up, (0, frames - up.shape[-1]), mode="replicate") if frames > up.shape[-1] else up[:, :frames]
+    )
+
+
 def pitch_frames(z_raw: torch.Tensor, frames: int) -> torch.Tensor:
-    """f0 in Hz per STFT frame from a raw latent's pitch channels, linearly interpolated: [B, C, T] -> [B, frames]."""
-    log_f0 = z_raw[:, -PITCH_CHANNELS].float()[:, None]
-    up = F.interpolate(log_f0, scale_factor=2, mode="linear", align_corners=False)[:, 0]
-    up = F.pad(up, (0, frames - up.shape[-1]), mode="replicate") if frames > up.shape[-1] else up[:, :frames]
-    return 256.0 * torch.exp2(up.clamp(-4.0, 4.0))  # 16 Hz .. 4 kHz
+    """f0 in Hz per STFT frame from a raw latent's log-f0 channel: [B, C, T] -> [B, frames]."""
+    return 256.0 * torch.exp2(
+        channel_frames(z_raw, -PITCH_CHANNELS, frames).clamp(-4.0, 4.0)
+    )  # 16 Hz .. 4 kHz
 
 
 def frame_level(spec: torch.Tensor) -> torch.Tensor:
@@ -182,11 +191,8 @@ def gain_latent(level: torch.Tensor) -> torch.Tensor:
 
 
 def gain_frames(z_raw: torch.Tensor, channel: int, frames: int) -> torch.Tensor:
-    """Linear level per STFT frame from a raw latent's level channel, interpolated in log: -> [B, frames]."""
-    log = z_raw[:, channel].float()[:, None]
-    up = F.interpolate(log, scale_factor=2, mode="linear", align_corners=False)[:, 0]
-    up = F.pad(up, (0, frames - up.shape[-1]), mode="replicate") if frames > up.shape[-1] else up[:, :frames]
-    return torch.exp2(up.clamp(max=4.0))  # at most +24 dBFS
+    """Linear level per STFT frame from a raw latent's level channel (interpolated in log): -> [B, frames]."""
+    return torch.exp2(channel_frames(z_raw, channel, frames).clamp(max=4.0))  # at most +24 dBFS
 
 
 class Encoder(nn.Module):
