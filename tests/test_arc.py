@@ -374,7 +374,9 @@ def arc_config(tmp: Path, codec: Path, steps: int, recipe: dict | None = None, *
 
 
 def records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    from training.jsonl import read_jsonl
+
+    return read_jsonl(run / "metrics.jsonl", tolerate_torn_tail=False)
 
 
 @pytest.fixture(scope="module")
