@@ -505,7 +505,10 @@ def _dataset_build(args: argparse.Namespace) -> int:
         def on_clip(record: dict) -> None:
             writer.add_record(record, load_audio(out / record["path"]))
 
-    path = build_corpus(out, hours=args.hours, seed=args.seed, progress=True, on_clip=on_clip)
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    path = build_corpus(
+        out, hours=args.hours, seed=args.seed, progress=True, on_clip=on_clip, categories=categories
+    )
     if args.latents:  # clips rendered by an earlier, interrupted build without --latents
         from training.latent_cache import encode_corpus
 
@@ -866,6 +869,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--model", metavar="BUNDLE", help="codec bundle for --latents (default: the bundled codec)"
+    )
+    q.add_argument(
+        "--categories",
+        metavar="A,B",
+        help="build only these categories, e.g. note (a note-rich corpus for a pitch go/no-go); default all",
     )
     q = actions.add_parser(
         "encode",

@@ -100,6 +100,30 @@ def measure_controls(
     return Controls(values=values, present=present)
 
 
+STEADY_SPREAD_SEMITONES = 1.0  # a steady pitch: the middle half of the voiced frames within one semitone
+STEADY_VOICED_FRACTION = 0.3  # of the audible frames
+
+
+def steady_pitch(values: np.ndarray | torch.Tensor, present: np.ndarray | torch.Tensor) -> float | None:
+    """The MIDI pitch (fractional) a clip holds, from its control channels [8, T] and presence [8]; None
+    when it holds no single steady pitch (unpitched, too little voiced, or a melody or chord).
+
+    Voiced frames are those with voicing > 0.5 among the audible ones (loudness above silence); the pitch
+    is their median, and it counts as steady when their inter-quartile range is within
+    STEADY_SPREAD_SEMITONES and they make up STEADY_VOICED_FRACTION of the audible frames.
+    """
+    values, present = np.asarray(values, dtype=np.float64), np.asarray(present, dtype=bool)
+    if not present[CONTROL_NAMES.index("log_f0")]:
+        return None
+    audible = values[CONTROL_NAMES.index("loudness")] > 0.05
+    voiced = audible & (values[CONTROL_NAMES.index("voicing")] > 0.5)
+    if voiced.sum() < 5 or voiced.sum() < STEADY_VOICED_FRACTION * audible.sum():
+        return None
+    midi = 69.0 + 48.0 * values[CONTROL_NAMES.index("log_f0")][voiced]
+    low, median, high = np.percentile(midi, [25, 50, 75])
+    return float(median) if high - low <= STEADY_SPREAD_SEMITONES else None
+
+
 def _unwrap(phase: np.ndarray) -> np.ndarray:
     """A 0..1 sawtooth made monotonic (one added per wrap), so it can be interpolated between frames."""
     wraps = np.concatenate([[0], np.cumsum(np.diff(phase) < -0.5)])

@@ -218,6 +218,28 @@ def test_build_manifest_resume_and_determinism(tmp_path):
         corpus.build_corpus(out, hours=0.006, seed=6, progress=False)
 
 
+def test_a_corpus_of_chosen_categories(tmp_path):
+    plans = corpus.plan_corpus(1, 0.2, FONTS, ["note"])
+    assert {p.params["category"] for p in plans} == {"note"}
+    assert len({p.params["midi"] for p in plans}) > 30  # the whole pool of notes, not a few repeats
+    assert len({p.material_id for p in plans}) > 0.6 * len(plans)
+    mixed = corpus.plan_corpus(1, 0.3, FONTS, ["drums", "note"])
+    assert {p.params["category"] for p in mixed} == {"drums", "note"}
+    # no categories is the full corpus, drawn exactly as before the option existed
+    assert corpus.plan_corpus(0, 0.1, FONTS, None) == corpus.plan_corpus(0, 0.1, FONTS)
+
+    out = corpus.build_corpus(
+        tmp_path / "n", hours=0.003, seed=2, progress=False, workers=1, categories=["note"]
+    )
+    assert {r["params"]["category"] for r in corpus.read_manifest(out)} == {"note"}
+    assert json.loads((out / "corpus.json").read_text())["categories"] == ["note"]
+    with pytest.raises(BadInput, match="other categories"):
+        corpus.build_corpus(out, hours=0.003, seed=2, progress=False, workers=1)
+    with pytest.raises(BadInput, match="no corpus category 'notes'"):
+        corpus.build_corpus(tmp_path / "x", hours=0.003, seed=2, progress=False, categories=["notes"])
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
 def test_read_manifest_errors(tmp_path):
     with pytest.raises(BadInput, match="No manifest.jsonl"):
         corpus.read_manifest(tmp_path)

@@ -34,7 +34,17 @@ def tiny_generator_bundle(root: Path) -> Path:
     torch.manual_seed(0)
     codec = CodecModel(CodecConfig(**TINY_CODEC))
     codec_path = save_bundle(root / "codec", asdict(codec.cfg), {"codec": codec.state_dict()}, kind="codec")
-    cfg = DiTConfig(latent_channels=8, dim=32, depth=1, heads=1, mlp_ratio=2.0, max_seconds=MAX_SECONDS)
+    # with a pitch prior, so every generation here also runs the prompt -> pitch path (in bf16 and under CFG)
+    cfg = DiTConfig(
+        latent_channels=8,
+        dim=32,
+        depth=1,
+        heads=1,
+        mlp_ratio=2.0,
+        max_seconds=MAX_SECONDS,
+        pitch_classes=12,
+        pitch_low=48,
+    )
     dit = DiT(cfg)
     with torch.no_grad():
         for p in dit.parameters():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.dit import DiT, DiTConfig, cat_inputs
+from pipelines.dit import PITCH_ABSENT, PITCH_FROM_TEXT, PITCH_NONE, DiT, DiTConfig, cat_inputs
 from pipelines.errors import BadInput
 from pipelines.samplers import cfg_model, known_frames_model, noise_to, rf_times, sample_euler, sample_heun
 from pipelines.text_encoder import TextEncoder
@@ -205,6 +205,60 @@ def test_cat_inputs_fills_a_missing_side_as_absent():
     assert both["control_mask"][1].sum() == 0 and both["known_mask"][1].sum() == 0
     short = {"text": torch.randn(1, 2, TINY.text_dim), "text_mask": torch.ones(1, 2, dtype=torch.bool)}
     assert cat_inputs(cond, short)["text_mask"].tolist()[1] == [True, True, False, False, False]
+
+
+PITCHED = DiTConfig(**{**TINY.__dict__, "pitch_classes": 6, "pitch_low": 60})
+
+
+def pitched_dit(seed: int = 0) -> DiT:
+    torch.manual_seed(seed)
+    dit = DiT(PITCHED)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0, 0.2)
+    return dit.eval()
+
+
+def test_pitch_input_classes_none_absent_and_from_text():
+    dit = pitched_dit()
+    x, t, inputs = torch.randn(2, TINY.latent_channels, 9), torch.rand(2), dit_inputs()
+    v = {k: dit(x, t, **inputs, pitch=torch.full((2,), k)) for k in (0, 5, PITCH_NONE, PITCH_ABSENT)}
+    for a, b in [(0, 5), (0, PITCH_NONE), (PITCH_NONE, PITCH_ABSENT)]:
+        assert not torch.allclose(v[a], v[b], atol=1e-4), (a, b)  # every pitch input means something
+    # None is "from the prompt": the prior's expected class embedding, which a class input is not
+    from_text = dit(x, t, **inputs)
+    assert torch.allclose(from_text, dit(x, t, **inputs, pitch=torch.full((2,), PITCH_FROM_TEXT)))
+    assert not torch.allclose(from_text, v[0], atol=1e-4)
+    # with no prompt there is nothing to infer from: the pitch is absent (the unconditional half of CFG)
+    silent = dict(inputs, text_mask=torch.zeros_like(inputs["text_mask"]))
+    assert torch.allclose(dit(x, t, **silent), dit(x, t, **silent, pitch=torch.full((2,), PITCH_ABSENT)))
+    # a confident prior is that class's embedding
+    logits = dit.pitch_logits(inputs["text"], inputs["text_mask"])
+    assert logits.shape == (2, PITCHED.pitch_classes + 1)
+    with torch.no_grad():
+        dit.pitch_prior.out[-1].bias.copy_(torch.tensor([0.0, 0, 60, 0, 0, 0, 0]))
+        dit.pitch_prior.out[-1].weight.zero_()
+    assert torch.allclose(dit(x, t, **inputs), dit(x, t, **inputs, pitch=torch.full((2,), 2)), atol=1e-5)
+
+
+def test_pitch_prior_learns_a_class_from_the_prompt_tokens():
+    torch.manual_seed(0)
+    dit = DiT(PITCHED)
+    text = torch.randn(4, 3, TINY.text_dim)
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    target = torch.tensor([0, 3, 5, PITCHED.pitch_classes])  # the last: no steady pitch
+    opt = torch.optim.Adam(dit.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        loss = F.cross_entropy(dit.pitch_logits(text, mask), target)
+        loss.backward()
+        opt.step()
+    assert torch.equal(dit.pitch_logits(text, mask).argmax(dim=1), target)
+
+
+def test_cat_inputs_fills_a_missing_pitch_as_absent():
+    both = cat_inputs({"pitch": torch.tensor([3])}, {"text": None})
+    assert both["pitch"].tolist() == [3, PITCH_ABSENT]
 
 
 # ---------------------------------------------------------------------------------------------------

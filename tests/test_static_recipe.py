@@ -286,6 +286,70 @@ def test_same_seed_gives_the_same_weights_and_resume_is_exact(cached_corpus, tmp
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
+def test_steady_pitch_reads_a_held_note_and_not_a_melody():
+    from pipelines.controls import steady_pitch
+
+    t = 50
+    values = np.zeros((8, t), np.float32)
+    present = np.zeros(8, bool)
+    present[:4] = True
+    values[0], values[3] = 0.7, 0.9  # audible and voiced throughout
+    values[2] = np.log2(220.0 / 440.0) / 4 + 0.002 * np.sin(np.arange(t))  # A3 with a little vibrato
+    assert abs(steady_pitch(values, present) - 57.0) < 0.1
+    melody = values.copy()
+    melody[2] = np.log2(np.repeat([220.0, 330.0, 262.0, 392.0, 247.0], 10) / 440.0) / 4
+    assert steady_pitch(melody, present) is None
+    unvoiced = values.copy()
+    unvoiced[3] = 0.1
+    assert steady_pitch(unvoiced, present) is None
+    absent = present.copy()
+    absent[2:4] = False
+    assert steady_pitch(values, absent) is None
+
+
+def test_static_recipe_trains_the_pitch_prior(cached_corpus, tmp_path):
+    from training.static_recipe import StaticRecipe
+    from training.trainer import train
+
+    data, codec, _ = cached_corpus
+    dit = {**TINY_DIT, "pitch_classes": 48, "pitch_low": 48}
+    recipe = StaticRecipe({"codec": str(codec), "dit": dit, "segment_frames": 32}, data)
+    pitches = {d["id"]: d["pitch"] for d in recipe.data}
+    # the tones' measured pitches as classes (MIDI 57, 69, 81 from pitch_low 48); the click loop has none
+    assert (pitches["t220"], pitches["t440"], pitches["t880"]) == (9, 21, 33)
+    from pipelines.dit import PITCH_NONE
+
+    assert pitches["clicks"] == PITCH_NONE
+    config = static_config(
+        tmp_path,
+        codec,
+        30,
+        recipe={"codec": str(codec), "segment_frames": 32, "dit": dit, "measured_weight": 3.0},
+    )
+    train("static", data, tmp_path / "run", config_path=config, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first = np.mean([r["loss_pitch_prior"] for r in rows[:5]])
+    last = np.mean([r["loss_pitch_prior"] for r in rows[-5:]])
+    assert last < 0.5 * first, (first, last)
+    assert np.mean([r["pitch_prior_acc"] for r in rows[-5:]]) > 0.8
+    assert all(abs(r["loss"] - r["loss_rf"] - 0.1 * r["loss_pitch_prior"]) < 1e-3 for r in rows)
+
+
+def test_extra_corpora_join_the_training_clips(cached_corpus, tmp_path):
+    from training.static_recipe import StaticRecipe
+
+    data, codec, _ = cached_corpus
+    alone = StaticRecipe({"codec": str(codec), "dit": TINY_DIT}, data).dataset_size()
+    both = StaticRecipe({"codec": str(codec), "dit": TINY_DIT, "extra_data": [str(data)]}, data)
+    assert both.dataset_size() == 2 * alone
+    with pytest.raises(BadInput, match="does not exist"):
+        StaticRecipe(
+            {"codec": str(codec), "dit": TINY_DIT, "extra_data": [str(tmp_path / "no")]}, data
+        ).dataset_size()
+    with pytest.raises(BadInput, match="extra_data"):
+        StaticRecipe({"codec": str(codec), "dit": TINY_DIT, "extra_data": "elsewhere"}, data)
+
+
 def test_static_recipe_refuses_bad_settings_and_a_missing_cache(cached_corpus, tmp_path):
     from training.static_recipe import StaticRecipe
 
@@ -294,6 +358,10 @@ def test_static_recipe_refuses_bad_settings_and_a_missing_cache(cached_corpus, t
         StaticRecipe({"codec": str(codec), "segment_frame": 10}, data)
     with pytest.raises(BadInput, match="dit setting 'width'"):
         StaticRecipe({"codec": str(codec), "dit": {"width": 3}}, data)
+    with pytest.raises(BadInput, match="measured_weight"):
+        StaticRecipe({"codec": str(codec), "dit": TINY_DIT, "measured_weight": -1}, data)
+    with pytest.raises(BadInput, match="p_pitch_from_text"):
+        StaticRecipe({"codec": str(codec), "dit": TINY_DIT, "p_pitch_from_text": 2}, data)
     with pytest.raises(BadInput, match="latent_channels"):
         StaticRecipe({"codec": str(codec), "dit": {"latent_channels": 32}}, data)
     with pytest.raises(BadInput, match="categories"):

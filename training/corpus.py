@@ -26,7 +26,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -530,11 +530,19 @@ MATERIALS = {
 }
 
 
-def plan_clip(seed: int, index: int, fonts: list[SoundFont]) -> ClipPlan:
-    """What clip `index` of the corpus for `seed` is: category, material, program, length, loudness."""
+def plan_clip(
+    seed: int, index: int, fonts: list[SoundFont], categories: Sequence[str] | None = None
+) -> ClipPlan:
+    """What clip `index` of the corpus for `seed` is: category, material, program, length, loudness.
+
+    `categories` (default: all, in CATEGORY_WEIGHTS' proportions) restricts the corpus to some categories
+    in the same relative proportions, e.g. ("note",) for a corpus of single notes.
+    """
     rng = clip_rng(seed, index, 0)
+    chosen = list(categories) if categories else list(CATEGORY_WEIGHTS)
+    share = sum(CATEGORY_WEIGHTS[c] for c in chosen)
+    category = chosen[int(rng.choice(len(chosen), p=[CATEGORY_WEIGHTS[c] / share for c in chosen]))]
     categories = list(CATEGORY_WEIGHTS)
-    category = categories[int(rng.choice(len(categories), p=list(CATEGORY_WEIGHTS.values())))]
     target_lufs = round(float(rng.uniform(*LUFS_RANGE)), 2)
     clip_id = f"{index:06d}"
     if category == "fx":
@@ -552,7 +560,8 @@ def plan_clip(seed: int, index: int, fonts: list[SoundFont]) -> ClipPlan:
         )
 
     # A phrase is drawn from a pool that grows with the corpus, so some phrases recur with other programs.
-    slot = int(rng.integers(0, index // 8 + 16))
+    # The pool scales with the chosen categories' share, so a one-category corpus is as varied per clip.
+    slot = int(rng.integers(0, round((index // 8 + 16) / share)))
     material = f"{category}:{seed}:{slot}"
     notes, params, span = MATERIALS[category](
         np.random.default_rng([seed, 1000 + categories.index(category), slot])
@@ -685,11 +694,13 @@ def _warm_up(fonts: list[SoundFont]) -> None:
         loaded_synth(font, SAMPLE_RATE)
 
 
-def plan_corpus(seed: int, hours: float, fonts: list[SoundFont]) -> list[ClipPlan]:
+def plan_corpus(
+    seed: int, hours: float, fonts: list[SoundFont], categories: Sequence[str] | None = None
+) -> list[ClipPlan]:
     """Clips 0, 1, 2, ... until their lengths add up to `hours`; the plan for fewer hours is a prefix."""
     plans, total = [], 0.0
     while total < hours * 3600.0:
-        plan = plan_clip(seed, len(plans), fonts)
+        plan = plan_clip(seed, len(plans), fonts, categories)
         plans.append(plan)
         total += plan.seconds
     return plans
@@ -703,8 +714,11 @@ def build_corpus(
     progress: bool = True,
     workers: int | None = None,
     on_clip: Callable[[dict], None] | None = None,
+    categories: Sequence[str] | None = None,
 ) -> Path:
     """Render the built-in corpus into `out` (resumable: clips already written are kept). Returns `out`.
+
+    `categories` (default: all) builds a corpus of only those categories (see `plan_clip`).
 
     `on_clip(record)` runs in this process as each clip lands on disk (how `--latents` streams clips
     into a latent cache while the workers keep rendering).
@@ -713,6 +727,13 @@ def build_corpus(
 
     if not hours > 0:
         raise BadInput(f"--hours must be more than 0 (got {hours}); try --hours 0.2 for a quick corpus.")
+    if categories:
+        unknown = sorted(set(categories) - set(CATEGORY_WEIGHTS))
+        if unknown:
+            raise BadInput(
+                f"There is no corpus category '{unknown[0]}'; choose from {', '.join(CATEGORY_WEIGHTS)}."
+            )
+        categories = [c for c in CATEGORY_WEIGHTS if c in set(categories)]  # one canonical order
     started = time.perf_counter()  # the build's speed counts planning and warm-up too
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
@@ -726,6 +747,11 @@ def build_corpus(
                 f"'{out}' holds a corpus built with seed {old.get('seed')} and other SoundFonts; "
                 "build into a new folder or rerun with the same seed on the same machine."
             )
+        if old.get("categories") != (categories or None):
+            raise BadInput(
+                f"'{out}' holds a corpus of other categories ({', '.join(old.get('categories') or ['all'])}); "
+                "build into a new folder or rerun with the same --categories."
+            )
     font_info = [
         {"name": f.name, "file": f.path.name, "sha256": f.sha256, "licence": f.licence} for f in fonts
     ]
@@ -733,13 +759,14 @@ def build_corpus(
         "format_version": 1,
         "seed": seed,
         "hours": hours,
+        "categories": categories or None,
         "sample_rate": SAMPLE_RATE,
         "soundfonts": font_info,
         "state": "building",
     }
     write_atomic(info_path, json.dumps(info, indent=2) + "\n")
 
-    plans = plan_corpus(seed, hours, fonts)
+    plans = plan_corpus(seed, hours, fonts, categories)
     _warm_up(fonts)
     manifest_path = out / MANIFEST
     done = {}

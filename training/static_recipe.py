@@ -9,7 +9,15 @@ pipelines and classifier-free guidance:
   - known frames: with `p_known` a random prefix (continuation / extend), inner span, or everything but
     an inner span (repaint) of the clip's frames is given clean;
   - seconds: the clip's true length; clips shorter than `segment_frames` are padded with the codec's
-    latent of silence (the model learns to fall silent after `seconds`), longer ones are cropped.
+    latent of silence (the model learns to fall silent after `seconds`), longer ones are cropped;
+  - pitch (a DiT with a pitch prior, `dit.pitch_classes` > 0): the clip's steady pitch measured from its
+    controls (pipelines.controls.steady_pitch) is given as a class, or replaced by the prior's prediction
+    from the caption (`p_pitch_from_text`, what generation uses), or dropped (`p_drop_pitch`, and always
+    with the text). The prior itself learns by cross-entropy on the batch's captions plus
+    `pitch_prior_captions` more per step, weighted by `pitch_prior_weight`.
+
+The measured latent channels of the codec (level, log-f0, voicing) can weigh more in the loss
+(`measured_weight`): each is one channel of 32, yet a wrong pitch or level is what a listener hears first.
 
 It reads only the corpus manifest and the latent cache (`soundloom dataset encode DIR` makes it), never
 audio. All per-sample draws come from torch's global generator, which the trainer reseeds every step,
@@ -25,8 +33,8 @@ import numpy as np
 import torch
 
 from pipelines.codec import Codec, default_codec_path, load_codec
-from pipelines.controls import CONTROL_NAMES, drop_controls
-from pipelines.dit import DiT, DiTConfig
+from pipelines.controls import CONTROL_NAMES, drop_controls, steady_pitch
+from pipelines.dit import PITCH_ABSENT, PITCH_FROM_TEXT, PITCH_NONE, DiT, DiTConfig
 from pipelines.errors import BadInput
 from pipelines.text_encoder import DEFAULT_NAME, TextEncoder
 from training.recipes import model_settings, recipe_settings
@@ -37,16 +45,24 @@ DEFAULTS = {
     "dit": {},  # DiTConfig overrides (latent_channels, text_dim and controls follow the codec and encoder)
     "segment_frames": 259,  # ~6 s at 43.07 Hz
     "categories": None,  # train only on these corpus categories (e.g. ["note"] for the pitch go/no-go); None: all
+    "extra_data": [],  # more corpus folders (each encoded for the same codec) whose train clips join --data's
     "t_mean": 0.0,  # logit-normal timesteps: t = sigmoid(t_mean + t_std * n)
     "t_std": 1.0,
     "p_drop_text": 0.1,
     "p_drop_control_group": 0.5,
     "p_drop_controls": 0.3,
     "p_known": 0.5,
+    "p_pitch_from_text": 0.5,
+    "p_drop_pitch": 0.1,
+    "pitch_prior_weight": 0.1,
+    "pitch_prior_captions": 48,
+    "measured_weight": 1.0,
     "preview_steps": 8,
     "preview_guidance": 4.0,
 }
-PROBABILITIES = ("p_drop_text", "p_drop_control_group", "p_drop_controls", "p_known")
+PROBABILITIES = (
+    "p_drop_text", "p_drop_control_group", "p_drop_controls", "p_known", "p_pitch_from_text", "p_drop_pitch"
+)  # fmt: skip
 KNOWN_FRACTION = (0.1, 0.9)  # a known span covers this share of the clip's frames
 EXPORT_SAMPLER = {"sampler": "euler", "steps": 50, "guidance": 4.0}
 
@@ -75,10 +91,24 @@ def known_spans(lengths: list[int], frames: int, p_known: float) -> torch.Tensor
     return mask
 
 
-def rf_loss(v: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-sample MSE [B] over the frames with weight 1 (weight [B, 1, T], broadcast over channels)."""
+def rf_loss(
+    v: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, channel_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample MSE [B] over the frames with weight 1 (weight [B, 1, T], broadcast over channels), each
+    channel's squared error times `channel_weight` [C] (default 1) and divided by C."""
     err = (v.float() - target).square() * weight
+    if channel_weight is not None:
+        err = err * channel_weight[:, None]
     return err.sum(dim=(1, 2)) / (weight.sum(dim=(1, 2)) * v.shape[1]).clamp(min=1.0)
+
+
+def pitch_class(midi: float | None, cfg: DiTConfig) -> int:
+    """A steady pitch (MIDI, or None) as the DiT's pitch input: its semitone class, or PITCH_NONE (also
+    for pitches outside the classes' range)."""
+    if midi is None:
+        return PITCH_NONE
+    k = round(midi) - cfg.pitch_low
+    return k if 0 <= k < cfg.pitch_classes else PITCH_NONE
 
 
 class StaticRecipe:
@@ -91,10 +121,21 @@ class StaticRecipe:
             value = cfg[name]
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise BadInput(f"{name} must be a probability between 0 and 1 (got {cfg[name]}).")
+        for name in ("pitch_prior_weight", "measured_weight"):
+            value = cfg[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 100.0:
+                raise BadInput(f"{name} must be a number from 0 to 100 (got {value}).")
+        extra = cfg["pitch_prior_captions"]
+        if isinstance(extra, bool) or not isinstance(extra, int) or not 0 <= extra <= 4096:
+            raise BadInput(f"pitch_prior_captions must be a whole number from 0 to 4096 (got {extra}).")
         segment = cfg["segment_frames"]
         if not (isinstance(segment, int) and segment >= 4):
             raise BadInput(f"segment_frames must be a whole number of at least 4 (got {segment}).")
         self.data_dir = Path(data_dir)
+        extra = cfg["extra_data"]
+        if not isinstance(extra, list) or not all(isinstance(d, str) and d for d in extra):
+            raise BadInput(f"extra_data must be a list of corpus folders (got {extra!r}).")
+        self.data_dirs = [self.data_dir, *(Path(d) for d in extra)]
         self.codec_path = Path(cfg["codec"]) if cfg["codec"] else default_codec_path()
 
         # Loading the codec and the text encoder builds modules (which draws random init weights) before
@@ -114,6 +155,9 @@ class StaticRecipe:
                 )
         self.dit_config = DiTConfig(**{**cfg["dit"], **dit})
         self.model = DiT(self.dit_config)
+        weights = torch.ones(self.codec.channels)
+        weights[self.codec.channels - self.codec.cfg.measured_dim :] = float(cfg["measured_weight"])
+        self.channel_weight = weights
         self._data: list[dict] | None = None
         self._silence: torch.Tensor | None = None
 
@@ -127,13 +171,24 @@ class StaticRecipe:
         return self._data
 
     def _read_cache(self) -> list[dict]:
+        data = [clip for folder in self.data_dirs for clip in self._read_corpus(folder)]
+        # every caption's embedding stays cached: the pitch prior reads many captions per step
+        self.text_encoder.cache_size = max(
+            self.text_encoder.cache_size, 2 * sum(len(d["captions"]) for d in data)
+        )
+        return data
+
+    def _read_corpus(self, data_dir: Path) -> list[dict]:
+        """The train clips of one corpus folder with their cached latents and controls."""
         from training.corpus import read_manifest
         from training.latent_cache import is_current, latent_root, read_entry
 
-        records = read_manifest(self.data_dir, split="train")
+        if not data_dir.is_dir():
+            raise BadInput(f"The corpus folder {data_dir} does not exist; check --data and extra_data.")
+        records = read_manifest(data_dir, split="train")
         if not records:
             raise BadInput(
-                f"The corpus in {self.data_dir} has no train clips (clips are split by a hash of their "
+                f"The corpus in {data_dir} has no train clips (clips are split by a hash of their "
                 "material, about 80% train); add more sounds to it."
             )
         wanted = self.config["categories"]
@@ -141,20 +196,21 @@ class StaticRecipe:
             records = [r for r in records if r.get("params", {}).get("category") in set(wanted)]
             if not records:
                 raise BadInput(
-                    f"The corpus in {self.data_dir} has no train clips in the categories {list(wanted)}; "
+                    f"The corpus in {data_dir} has no train clips in the categories {list(wanted)}; "
                     "check the `categories` setting against the manifest's params.category."
                 )
-        root = latent_root(self.data_dir, self.codec)
+        root = latent_root(data_dir, self.codec)
         missing = [r["id"] for r in records if not is_current(root / f"{r['id']}.safetensors")]
         if missing:
             model = "" if self.config["codec"] is None else f" --model {self.codec_path}"
             raise BadInput(
                 f"The latent cache in {root} lacks {len(missing)} of {len(records)} train clips (or holds them "
-                f"without controls); run `soundloom dataset encode {self.data_dir}{model}` first."
+                f"without controls); run `soundloom dataset encode {data_dir}{model}` first."
             )
         data = []
         for rec in records:
             entry = read_entry(root / f"{rec['id']}.safetensors")
+            midi = steady_pitch(entry["controls"], entry["controls_present"])
             data.append(
                 {
                     "id": rec["id"],
@@ -162,6 +218,7 @@ class StaticRecipe:
                     "z": entry["z"].half(),
                     "controls": entry["controls"].half(),
                     "present": entry["controls_present"],
+                    "pitch": pitch_class(midi, self.dit_config),
                 }
             )
         return data
@@ -223,8 +280,17 @@ class StaticRecipe:
         )
         known_mask = known_spans(lengths, frames, cfg["p_known"])
         text, text_mask = self.embed_text(captions)
+        # pitch: the measured class, the prior's guess from the caption, or absent (always without text)
+        pitch = torch.tensor([self.data[i]["pitch"] for i in indices], dtype=torch.long)
+        pitch_target = torch.where(pitch == PITCH_NONE, self.dit_config.pitch_classes, pitch)
+        if self.dit_config.pitch_classes:  # no draws otherwise: runs without a prior keep their streams
+            from_text, drop = torch.rand(b) < cfg["p_pitch_from_text"], torch.rand(b) < cfg["p_drop_pitch"]
+            pitch = torch.where(from_text, PITCH_FROM_TEXT, pitch)
+            pitch = torch.where(drop | ~keep_text, PITCH_ABSENT, pitch)
         return {
             "x0": x0,
+            "pitch": pitch,
+            "pitch_target": pitch_target,
             "seconds": torch.tensor(lengths, dtype=torch.float32) / self.codec.latent_rate,
             "text": text,
             "text_mask": text_mask,
@@ -260,8 +326,9 @@ class StaticRecipe:
             control_mask=batch["control_mask"],
             known=x0,
             known_mask=known_mask,
+            **({"pitch": batch["pitch"]} if self.dit_config.pitch_classes else {}),
         )
-        per_sample = rf_loss(v, eps - x0, 1.0 - known_mask)
+        per_sample = rf_loss(v, eps - x0, 1.0 - known_mask, self.channel_weight)
         info = {
             "frac_text": float(batch["text_mask"].any(dim=1).float().mean()),
             "frac_controls": float(batch["control_mask"].amax(dim=(1, 2)).mean()),
@@ -271,7 +338,36 @@ class StaticRecipe:
         for q in range(4):  # mean loss per timestep quartile, for the timestep histogram (absent when empty)
             if (quartile == q).any():
                 info[f"loss_t{q}"] = float(per_sample.detach()[quartile == q].mean())
-        return per_sample.mean(), info
+        loss = per_sample.mean()
+        if self.dit_config.pitch_classes:
+            info["loss_rf"] = float(loss.detach())
+            prior_loss, accuracy = self.pitch_prior_loss(dit, batch)
+            info.update(loss_pitch_prior=float(prior_loss.detach()), pitch_prior_acc=accuracy)
+            loss = loss + cfg["pitch_prior_weight"] * prior_loss
+        return loss, info
+
+    def pitch_prior_loss(self, dit: DiT, batch: dict) -> tuple[torch.Tensor, float]:
+        """Cross-entropy of the pitch prior on the batch's captions plus `pitch_prior_captions` more (drawn
+        from torch's seeded generator), and its accuracy on them."""
+        n = self.config["pitch_prior_captions"]
+        clips, picks = torch.randint(0, len(self.data), (n,)).tolist(), torch.rand(n).tolist()
+        captions = []
+        for index, pick in zip(clips, picks):
+            options = self.data[index]["captions"]
+            captions.append(options[min(int(pick * len(options)), len(options) - 1)])
+        extra_text, extra_mask = self.embed_text(captions) if n else (None, None)
+        extra_target = torch.tensor([self.data[i]["pitch"] for i in clips], dtype=torch.long)
+        extra_target = torch.where(extra_target == PITCH_NONE, self.dit_config.pitch_classes, extra_target)
+
+        keep = batch["text_mask"].any(dim=1)  # rows whose caption was not dropped
+        parts = [(batch["text"][keep], batch["text_mask"][keep], batch["pitch_target"][keep])]
+        if n:
+            parts.append((extra_text, extra_mask, extra_target))
+        parts = [p for p in parts if len(p[2])]
+        logits = torch.cat([dit.pitch_logits(text, mask) for text, mask, _ in parts])
+        target = torch.cat([p[2] for p in parts])
+        accuracy = float((logits.argmax(dim=1) == target).float().mean())
+        return torch.nn.functional.cross_entropy(logits.float(), target), accuracy
 
     # ---------------------------------------------------------------- preview and export
 
@@ -329,6 +425,8 @@ class StaticRecipe:
         from training.codec_recipe import corpus_card
 
         card = {**(card or {}), "data": corpus_card(self.data_dir)}
+        if len(self.data_dirs) > 1:
+            card["extra_data"] = [corpus_card(d) for d in self.data_dirs[1:]]
         state = {k: v.detach() for k, v in modules_ema["dit"].state_dict().items()}
         save_bundle(
             Path(out_dir),
