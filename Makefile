@@ -50,15 +50,21 @@ bundles: setup
 	$(VENV)/bin/soundloom train --recipe ssl-embedder --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/ssl-run \
 		--config training/configs/ssl_embedder.json --resume
 	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/ssl-run --data $(BUNDLE_WORK)/corpus --out assets/ssl-embedder
+	$(VENV)/bin/soundloom dataset build --out $(BUNDLE_WORK)/notes --hours 2 --seed 1 --categories note --latents
+	$(VENV)/bin/soundloom train --recipe static --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/static-run \
+		--config training/configs/static.json --set 'recipe.extra_data=["$(BUNDLE_WORK)/notes"]' --resume
+	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/static-run --data $(BUNDLE_WORK)/corpus --out assets/generator
+	$(VENV)/bin/soundloom eval --model assets/generator --prompts assets/prompts/dev.jsonl --data $(BUNDLE_WORK)/corpus \
+		--json $(BUNDLE_WORK)/bench/generator-eval.json
 
 # The generator's go/no-go: 30 minutes of the static recipe on pitched notes alone (a corpus of 2 hours of
 # single notes, ~2000 clips, so every pitch is heard with many instruments and phrasings), then pitch
 # accuracy on the dev set's note prompts (issue 3: >= 40% or change the design before scaling up).
 gonogo: setup
 	$(VENV)/bin/soundloom dataset build --out $(BUNDLE_WORK)/notes --hours 2 --seed 1 --categories note --latents
-	$(VENV)/bin/soundloom train --recipe static --data $(BUNDLE_WORK)/notes --out $(BUNDLE_WORK)/gonogo-run-p \
+	$(VENV)/bin/soundloom train --recipe static --data $(BUNDLE_WORK)/notes --out $(BUNDLE_WORK)/gonogo-run-e \
 		--config training/configs/static_notes.json --resume
-	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/gonogo-run-p --data $(BUNDLE_WORK)/notes \
+	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/gonogo-run-e --data $(BUNDLE_WORK)/notes \
 		--out $(BUNDLE_WORK)/gonogo-bundle
 	grep '"category": "note"' assets/prompts/dev.jsonl > $(BUNDLE_WORK)/note-prompts.jsonl
 	$(VENV)/bin/soundloom eval --model $(BUNDLE_WORK)/gonogo-bundle --prompts $(BUNDLE_WORK)/note-prompts.jsonl \

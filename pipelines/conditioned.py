@@ -34,6 +34,7 @@ from pipelines.generator import GenerationSettings, Generator
 from pipelines.samplers import (
     cfg_model,
     known_frames_model,
+    latent_noise,
     noise_to,
     pingpong_times,
     rf_times,
@@ -179,7 +180,16 @@ def guided_model(gen: Generator, prompts: Sequence[tuple[str, float]], guidance:
         cond, uncond = _text_inputs(gen, prompt, extra["seconds"])
         per_frame = {k: v for k, v in extra.items() if k != "seconds"}
         parts.append(
-            (weight, cfg_model(gen._sampling_dit, {**cond, **per_frame}, {**uncond, **per_frame}, guidance))
+            (
+                weight,
+                cfg_model(
+                    gen._sampling_dit,
+                    {**cond, **per_frame},
+                    {**uncond, **per_frame},
+                    guidance,
+                    unguided_channels=gen.measured_channels,
+                ),
+            )
         )
     assert parts, "at least one prompt needs a weight above 0"
     if len(parts) == 1:
@@ -207,7 +217,7 @@ def sample_window(
     frames = cond.frames
     assert 1 <= frames <= window_frames(gen) + 1, f"{frames} frames exceed the model's window"
     if noise is None:
-        noise = torch.randn(1, gen.codec.channels, frames, generator=rng)
+        noise = latent_noise((1, gen.codec.channels, frames), rng, gen.noise_offset)
     else:
         noise = noise.reshape(1, gen.codec.channels, frames).float()
     if cond.init is not None and cond.t_start <= 0.0:
@@ -229,7 +239,7 @@ def sample_window(
         )
     else:
         sample = sample_heun if s.sampler == "heun" else sample_euler
-        z = sample(model, x, rf_times(s.steps, t_start=cond.t_start), callback=callback)
+        z = sample(model, x, rf_times(s.steps, t_start=cond.t_start, shift=gen.time_shift), callback=callback)
     return z[0].float()
 
 

@@ -34,6 +34,7 @@ from pipelines.dit import DiT, DiTConfig
 from pipelines.errors import BadInput
 from pipelines.samplers import (
     cfg_model,
+    latent_noise,
     pingpong_times,
     rf_times,
     sample_euler,
@@ -107,6 +108,21 @@ class Generator:
     @property
     def max_seconds(self) -> float:
         return float(self.dit.cfg.max_seconds)
+
+    @property
+    def time_shift(self) -> float:
+        """The sampling grid's shift toward high noise, as the model was trained (1: none)."""
+        return float(self.config.get("time_shift", 1.0))
+
+    @property
+    def noise_offset(self) -> float:
+        """The offset-noise share the model was trained with (pipelines.samplers.latent_noise; 0: none)."""
+        return float(self.config.get("noise_offset", 0.0))
+
+    @property
+    def measured_channels(self) -> int:
+        """The codec's measured latent channels (level, log-f0, voicing): guidance leaves them alone."""
+        return int(self.codec.cfg.measured_dim)
 
     @property
     def default_steps(self) -> int:
@@ -232,15 +248,20 @@ class Generator:
         cond = {"text": tokens, "text_mask": mask, "seconds": length}
         uncond = {"text": tokens, "text_mask": torch.zeros_like(mask), "seconds": length}
         generators = [torch.Generator().manual_seed(s.seed + i) for i in range(variations)]
-        noise = torch.cat([torch.randn(1, self.codec.channels, frames, generator=g) for g in generators])
-        model = cfg_model(self._sampling_dit, cond, uncond, s.guidance)
+        shape = (1, self.codec.channels, frames)
+        noise = torch.cat([latent_noise(shape, g, self.noise_offset) for g in generators])
+        model = cfg_model(
+            self._sampling_dit, cond, uncond, s.guidance, unguided_channels=self.measured_channels
+        )
         with torch.no_grad():  # not inference_mode: see pipelines/dit.py
             if s.sampler == "pingpong":  # its fresh noise continues each variation's own generator
                 z = sample_pingpong(
                     model, noise, pingpong_times(s.steps), callback=callback, generator=generators
                 )
             else:
-                z = SAMPLERS[s.sampler](model, noise, rf_times(s.steps), callback=callback)
+                z = SAMPLERS[s.sampler](
+                    model, noise, rf_times(s.steps, shift=self.time_shift), callback=callback
+                )
         dit_done = time.perf_counter()
 
         out = []

@@ -14,6 +14,7 @@ logSNR = 2 log((1 - t) / t), the log signal-to-noise ratio of x_t.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -29,6 +30,25 @@ def rf_times(steps: int, t_start: float = 1.0, shift: float = 1.0) -> torch.Tens
     u_start = t_start / (shift - (shift - 1) * t_start)  # the grid point that the shift maps to t_start
     u = torch.linspace(u_start, 0.0, steps + 1, dtype=torch.float64)
     return (shift * u / (1 + (shift - 1) * u)).float()
+
+
+def latent_noise(
+    shape: tuple[int, ...], generator: torch.Generator | None = None, offset: float = 0.0
+) -> torch.Tensor:
+    """Unit-variance noise [B, C, T] for the flow; `offset` > 0 mixes in a per-channel constant over frames
+    ("offset noise"), drawn after the i.i.d. part: (iid + offset * constant) / sqrt(1 + offset^2).
+
+    Why: i.i.d. noise hides a clip's per-channel mean only by 1/sqrt(T). A held note's pitch and level are
+    such means (hundreds of frames), so under i.i.d. noise the model learns to read them off x_t even at
+    t = 0.95, and at sampling time reads the starting noise's own mean as the pitch: the pitch followed
+    the seed, not the prompt (measured on the go/no-go model). Noise with a constant part hides the mean
+    as well as any single frame, so the conditions must supply it.
+    """
+    noise = torch.randn(shape, generator=generator)
+    if offset:
+        constant = torch.randn((*shape[:-1], 1), generator=generator)
+        noise = (noise + offset * constant) / math.sqrt(1.0 + offset * offset)
+    return noise
 
 
 def noise_to(init: torch.Tensor, noise: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -149,15 +169,24 @@ def sample_pingpong(
     return x
 
 
-def cfg_model(dit: Model, cond: dict, uncond: dict, scale: float) -> Model:
-    """Classifier-free guidance: v_uncond + scale (v_cond - v_uncond), both halves in one forward."""
+def cfg_model(dit: Model, cond: dict, uncond: dict, scale: float, *, unguided_channels: int = 0) -> Model:
+    """Classifier-free guidance: v_uncond + scale (v_cond - v_uncond), both halves in one forward.
+
+    The last `unguided_channels` latent channels (a codec's measured level, log-f0 and voicing) take the
+    conditional velocity alone. Guidance extrapolates whatever the prompt changes, and extrapolating a
+    measured quantity overshoots it: at scale 4 a prompt's pitch came out 1-2 octaves beyond the note
+    asked for (220 Hz asked, ~105 Hz made; 659 asked, ~1600 made) and its level 10-30 dB too loud.
+    """
 
     def model(x: torch.Tensor, t: torch.Tensor, **extra_args) -> torch.Tensor:
         if scale == 1.0:  # guidance is the identity: skip the unconditional half
             return dit(x, t, **{**cond, **extra_args})
         inputs = cat_inputs({**cond, **extra_args}, {**uncond, **extra_args})
         v_cond, v_uncond = dit(torch.cat([x, x]), torch.cat([t, t]), **inputs).chunk(2)
-        return v_uncond + scale * (v_cond - v_uncond)
+        v = v_uncond + scale * (v_cond - v_uncond)
+        if unguided_channels:
+            v[:, -unguided_channels:] = v_cond[:, -unguided_channels:]
+        return v
 
     return model
 

@@ -244,8 +244,8 @@ def test_codec_roundtrip_writes_output_and_warns_once(capsys, monkeypatch, write
 def test_dataset_build_passes_arguments(capsys, monkeypatch, tmp_path):
     calls = []
 
-    def build_corpus(out, hours=10.0, seed=0, *, progress=True, on_clip=None):
-        calls.append((out, hours, seed, on_clip))
+    def build_corpus(out, hours=10.0, seed=0, *, progress=True, on_clip=None, categories=None):
+        calls.append((out, hours, seed, on_clip, categories))
         return out
 
     fake_module(monkeypatch, "training.corpus", build_corpus=build_corpus)
@@ -253,7 +253,9 @@ def test_dataset_build_passes_arguments(capsys, monkeypatch, tmp_path):
         capsys, "dataset", "build", "--out", tmp_path / "c", "--hours", "0.5", "--seed", "3"
     )
     assert code == 0, err
-    assert calls == [(tmp_path / "c", 0.5, 3, None)]  # no --latents: nothing streams
+    assert calls == [(tmp_path / "c", 0.5, 3, None, None)]  # no --latents: nothing streams
+    run_main(capsys, "dataset", "build", "--out", tmp_path / "n", "--categories", "note,drums")
+    assert calls[-1][-1] == ["note", "drums"]
 
 
 def test_bench_json_creates_its_folder(capsys, monkeypatch, tmp_path):

@@ -122,6 +122,20 @@ def test_variations_are_each_reproducible_alone(gen):
     assert not np.allclose(batch[0].samples, batch[1].samples)
 
 
+def test_the_bundles_time_shift_sets_the_sampling_grid(gen):
+    times = []
+    gen.generate(PROMPT, seconds=1.0, seed=3, callback=lambda info: times.append(float(info["t"])))
+    saved = gen.config
+    try:
+        gen.config = {**saved, "time_shift": 4.0}
+        shifted = []
+        gen.generate(PROMPT, seconds=1.0, seed=3, callback=lambda info: shifted.append(float(info["t"])))
+    finally:
+        gen.config = saved
+    assert times[0] == shifted[0] == 1.0
+    assert all(b > a for a, b in zip(times[1:], shifted[1:]))  # every later step sits at higher noise
+
+
 def test_heun_sampler_and_the_step_callback(gen):
     seen = []
     euler = gen.generate(PROMPT, seconds=1.0, seed=3, steps=5, callback=seen.append)

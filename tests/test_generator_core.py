@@ -265,6 +265,20 @@ def test_cat_inputs_fills_a_missing_pitch_as_absent():
 # samplers
 
 
+def test_offset_noise_has_unit_variance_and_a_constant_part():
+    from pipelines.samplers import latent_noise
+
+    plain = latent_noise((256, 4, 256), torch.Generator().manual_seed(0))
+    offset = latent_noise((256, 4, 256), torch.Generator().manual_seed(0), offset=1.0)
+    for noise in (plain, offset):
+        assert abs(float(noise.var()) - 1.0) < 0.06
+    # the mean over frames: ~1/sqrt(256) for i.i.d. noise, ~sqrt(1/2) with offset 1
+    assert float(plain.mean(dim=-1).std()) < 0.1
+    assert abs(float(offset.mean(dim=-1).std()) - 0.5**0.5) < 0.1
+    again = latent_noise((256, 4, 256), torch.Generator().manual_seed(0), offset=1.0)
+    assert torch.equal(offset, again)
+
+
 def test_rf_times_run_from_t_start_to_zero():
     times = rf_times(8)
     assert times.shape == (9,) and times[0] == 1 and times[-1] == 0 and (times.diff() < 0).all()
@@ -333,6 +347,16 @@ def test_cfg_scale_one_is_the_conditional_model():
     x, t, cond = torch.randn(2, TINY.latent_channels, 9), torch.rand(2), dit_inputs()
     uncond = dict(cond, text_mask=torch.zeros_like(cond["text_mask"]))
     assert torch.allclose(cfg_model(dit, cond, uncond, 1.0)(x, t), dit(x, t, **cond))
+
+
+def test_cfg_leaves_the_measured_channels_unguided():
+    dit = random_dit()
+    x, t, cond = torch.randn(2, TINY.latent_channels, 9), torch.rand(2), dit_inputs()
+    uncond = dict(cond, text_mask=torch.zeros_like(cond["text_mask"]))
+    v_c, v_u = dit(x, t, **cond), dit(x, t, **uncond)
+    v = cfg_model(dit, cond, uncond, 4.0, unguided_channels=2)(x, t)
+    assert torch.allclose(v[:, -2:], v_c[:, -2:], atol=1e-5)  # the last two: conditional only
+    assert torch.allclose(v[:, :-2], (v_u + 4.0 * (v_c - v_u))[:, :-2], atol=1e-4)
 
 
 def test_cfg_batches_cond_and_uncond_in_one_forward():

@@ -87,6 +87,9 @@ STATIC_KEYS = (  # the static recipe's settings that ARC uses (its t_mean / t_st
     "p_known",
     "preview_steps",
     "preview_guidance",
+    "extra_data",
+    "time_shift",  # exported with the bundle; ping-pong sampling keeps its own logSNR grid
+    "noise_offset",
 )
 DEFAULTS = {
     **{key: STATIC_DEFAULTS[key] for key in STATIC_KEYS},
@@ -547,7 +550,8 @@ class ArcRecipe(StaticRecipe):
         cond = {"text": text, "text_mask": text_mask, "seconds": seconds}
         uncond = {"text": text, "text_mask": torch.zeros_like(text_mask), "seconds": seconds}
         x = torch.randn(1, self.codec.channels, frames)
-        return sample_pingpong(cfg_model(dit, cond, uncond, guidance), x, pingpong_times(steps))[0]
+        model = cfg_model(dit, cond, uncond, guidance, unguided_channels=self.codec.cfg.measured_dim)
+        return sample_pingpong(model, x, pingpong_times(steps))[0]
 
     def bundle_config(self) -> dict:
         return {**super().bundle_config(), **EXPORT_SAMPLER}

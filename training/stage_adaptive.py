@@ -121,7 +121,7 @@ from torch import nn
 
 from pipelines.dit import DiT, DiTConfig
 from pipelines.errors import BadInput
-from pipelines.samplers import noise_to
+from pipelines.samplers import latent_noise, noise_to
 from training.recipes import recipe_settings
 from training.static_recipe import DEFAULTS as STATIC_DEFAULTS
 from training.static_recipe import StaticRecipe, logit_normal, rf_loss
@@ -696,7 +696,7 @@ class StageAdaptiveRecipe(StaticRecipe):
         self.probe_identity = identity
         self._probe = {
             "x0": x0,
-            "noise": torch.randn(x0.shape, generator=g),
+            "noise": latent_noise(tuple(x0.shape), g, float(self.config["noise_offset"])),
             "mask": mask,
             "seconds": lengths.float() / self.codec.latent_rate,
             "text": text,
@@ -805,8 +805,8 @@ class StageAdaptiveRecipe(StaticRecipe):
         if cfg["use_timesteps"]:
             t = sample_timesteps(b, loc, cfg["t_scale"], cfg["t_uniform"])
         else:
-            t = logit_normal(b, cfg["t_mean"], cfg["t_std"])
-        eps = torch.randn_like(x0)
+            t = logit_normal(b, cfg["t_mean"] + math.log(cfg["time_shift"]), cfg["t_std"])
+        eps = latent_noise(tuple(x0.shape), offset=float(cfg["noise_offset"]))
         tt = t[:, None, None]
         xt = (1 - tt) * x0 + tt * eps
 

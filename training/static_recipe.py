@@ -36,6 +36,7 @@ from pipelines.codec import Codec, default_codec_path, load_codec
 from pipelines.controls import CONTROL_NAMES, drop_controls, steady_pitch
 from pipelines.dit import PITCH_ABSENT, PITCH_FROM_TEXT, PITCH_NONE, DiT, DiTConfig
 from pipelines.errors import BadInput
+from pipelines.samplers import latent_noise
 from pipelines.text_encoder import DEFAULT_NAME, TextEncoder
 from training.recipes import model_settings, recipe_settings
 
@@ -48,6 +49,12 @@ DEFAULTS = {
     "extra_data": [],  # more corpus folders (each encoded for the same codec) whose train clips join --data's
     "t_mean": 0.0,  # logit-normal timesteps: t = sigmoid(t_mean + t_std * n)
     "t_std": 1.0,
+    # SD3's shift toward high noise, in training (the logit mean moves by ln(shift)) and in sampling (the
+    # bundle's time grid): a latent of hundreds of frames that hold one note keeps its pitch and level
+    # readable through noise that hides any single frame (averaging frames beats the noise down), so without
+    # it the model reads those from the starting noise and ignores the prompt.
+    "time_shift": 1.0,
+    "noise_offset": 0.0,  # offset noise (pipelines.samplers.latent_noise), in training and in the bundle's sampling
     "p_drop_text": 0.1,
     "p_drop_control_group": 0.5,
     "p_drop_controls": 0.3,
@@ -121,6 +128,12 @@ class StaticRecipe:
             value = cfg[name]
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise BadInput(f"{name} must be a probability between 0 and 1 (got {cfg[name]}).")
+        offset = cfg["noise_offset"]
+        if isinstance(offset, bool) or not isinstance(offset, int | float) or not 0.0 <= offset <= 10.0:
+            raise BadInput(f"noise_offset must be a number from 0 to 10 (0 is plain noise; got {offset}).")
+        shift = cfg["time_shift"]
+        if isinstance(shift, bool) or not isinstance(shift, int | float) or not 0.1 <= shift <= 100.0:
+            raise BadInput(f"time_shift must be a number from 0.1 to 100 (1 is no shift; got {shift}).")
         for name in ("pitch_prior_weight", "measured_weight"):
             value = cfg[name]
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 100.0:
@@ -312,8 +325,8 @@ class StaticRecipe:
         dit: DiT = modules["dit"]
         batch = self.batch(indices)
         x0, known_mask = batch["x0"], batch["known_mask"]
-        t = logit_normal(len(indices), cfg["t_mean"], cfg["t_std"])
-        eps = torch.randn_like(x0)
+        t = logit_normal(len(indices), cfg["t_mean"] + float(np.log(cfg["time_shift"])), cfg["t_std"])
+        eps = latent_noise(tuple(x0.shape), offset=float(cfg["noise_offset"]))
         tt = t[:, None, None]
         xt = (1 - tt) * x0 + tt * eps
         v = dit(
@@ -387,7 +400,8 @@ class StaticRecipe:
         cond = {"text": text, "text_mask": text_mask, "seconds": seconds}
         uncond = {"text": text, "text_mask": torch.zeros_like(text_mask), "seconds": seconds}
         x = torch.randn(1, self.codec.channels, frames)
-        return sample_euler(cfg_model(dit, cond, uncond, guidance), x, rf_times(steps))[0]
+        model = cfg_model(dit, cond, uncond, guidance, unguided_channels=self.codec.cfg.measured_dim)
+        return sample_euler(model, x, rf_times(steps, shift=float(self.config["time_shift"])))[0]
 
     def preview(self, step: int, modules: dict[str, torch.nn.Module], out_dir: Path) -> None:
         """One WAV (and its prompt) sampled by the EMA model for the first val caption."""
@@ -415,6 +429,8 @@ class StaticRecipe:
             "text_encoder": self.config["text_encoder"],
             "controls": list(CONTROL_NAMES),
             "segment_frames": self.config["segment_frames"],
+            "time_shift": float(self.config["time_shift"]),
+            "noise_offset": float(self.config["noise_offset"]),
             **EXPORT_SAMPLER,
         }
 
