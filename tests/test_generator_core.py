@@ -96,10 +96,10 @@ def test_text_encoder_that_is_not_on_disk_is_bad_input(tmp_path):
 TINY = DiTConfig(latent_channels=4, dim=32, depth=2, heads=2, text_dim=16, controls=8, mlp_ratio=2.0)
 
 
-def random_dit(seed: int = 0) -> DiT:
+def random_dit(seed: int = 0, cfg: DiTConfig = TINY) -> DiT:
     """A tiny DiT with every weight random, so zero-init does not hide what the inputs do."""
     torch.manual_seed(seed)
-    dit = DiT(TINY)
+    dit = DiT(cfg)
     with torch.no_grad():
         for p in dit.parameters():
             p.normal_(0, 0.2)
@@ -210,17 +210,8 @@ def test_cat_inputs_fills_a_missing_side_as_absent():
 PITCHED = DiTConfig(**{**TINY.__dict__, "pitch_classes": 6, "pitch_low": 60})
 
 
-def pitched_dit(seed: int = 0) -> DiT:
-    torch.manual_seed(seed)
-    dit = DiT(PITCHED)
-    with torch.no_grad():
-        for p in dit.parameters():
-            p.normal_(0, 0.2)
-    return dit.eval()
-
-
 def test_pitch_input_classes_none_absent_and_from_text():
-    dit = pitched_dit()
+    dit = random_dit(cfg=PITCHED)
     x, t, inputs = torch.randn(2, TINY.latent_channels, 9), torch.rand(2), dit_inputs()
     v = {k: dit(x, t, **inputs, pitch=torch.full((2,), k)) for k in (0, 5, PITCH_NONE, PITCH_ABSENT)}
     for a, b in [(0, 5), (0, PITCH_NONE), (PITCH_NONE, PITCH_ABSENT)]:

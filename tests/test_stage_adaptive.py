@@ -628,3 +628,15 @@ def test_the_bundled_config_is_statics_run_with_every_setting_known():
     assert set(ours["recipe"]) <= set(DEFAULTS)
     assert all(ours["recipe"][k] == v for k, v in static["recipe"].items())  # same DiT, data and dropout
     assert ours["recipe"]["schedule_steps"] == ours["steps"]  # fixed-schedule's r reaches 1 at the end
+
+
+def test_stage_adaptive_trains_the_pitch_prior_of_a_pitched_dit(setup, tmp_path):
+    """The flow loss and the pitch prior are the static recipe's own, so a DiT with a prior learns it here too."""
+    from training.trainer import train
+
+    recipe = {"dit": {**SA_DIT, "pitch_classes": 48, "pitch_low": 48}}
+    config = sa_config(tmp_path, setup, 3, recipe=recipe)
+    train("stage-adaptive", setup["data"], tmp_path / "run", config_path=config, progress=False)
+    rows = records(tmp_path / "run")
+    assert len(rows) == 3
+    assert all(r["loss_pitch_prior"] > 0 and 0.0 <= r["pitch_prior_acc"] <= 1.0 for r in rows)

@@ -124,7 +124,7 @@ from pipelines.errors import BadInput
 from pipelines.samplers import latent_noise, noise_to
 from training.recipes import recipe_settings
 from training.static_recipe import DEFAULTS as STATIC_DEFAULTS
-from training.static_recipe import StaticRecipe, logit_normal, rf_loss
+from training.static_recipe import StaticRecipe, logit_normal
 
 DEFAULTS = {
     **STATIC_DEFAULTS,  # data, conditions and dropout as `static`; t_mean / t_std only with use_timesteps off
@@ -806,30 +806,15 @@ class StageAdaptiveRecipe(StaticRecipe):
             t = sample_timesteps(b, loc, cfg["t_scale"], cfg["t_uniform"])
         else:
             t = logit_normal(b, cfg["t_mean"] + math.log(cfg["time_shift"]), cfg["t_std"])
-        eps = latent_noise(tuple(x0.shape), offset=float(cfg["noise_offset"]))
-        tt = t[:, None, None]
-        xt = (1 - tt) * x0 + tt * eps
-
         # every block's input and output tokens of this forward (the autograd graph keeps them anyway)
         seen: list[tuple[torch.Tensor, torch.Tensor]] = []
         hooks = [blk.register_forward_hook(lambda m, a, out: seen.append((a[0], out))) for blk in dit.blocks]
         try:
-            v = dit(
-                xt,
-                t,
-                text=batch["text"],
-                text_mask=batch["text_mask"],
-                seconds=batch["seconds"],
-                controls=batch["controls"],
-                control_mask=batch["control_mask"],
-                known=x0,
-                known_mask=known_mask,
-            )
+            per_sample = self.flow_loss(dit, batch, t)
         finally:
             for hook in hooks:
                 hook.remove()
         assert len(seen) == len(dit.blocks)
-        per_sample = rf_loss(v, eps - x0, 1.0 - known_mask)
         loss_rf = per_sample.mean()
 
         # 2. decayed SSL guidance: the head learns at weight 1, the DiT gets lambda times the gradient
@@ -855,6 +840,8 @@ class StageAdaptiveRecipe(StaticRecipe):
                 struct_loss = group_decorrelation(contributions)
             struct_term = 0.0
         loss = loss_rf + align_term + struct_term
+        prior_info: dict = {}
+        loss = loss + self.pitch_prior_term(dit, batch, prior_info)
 
         info = {
             "frac_text": float(batch["text_mask"].any(dim=1).float().mean()),
@@ -873,6 +860,7 @@ class StageAdaptiveRecipe(StaticRecipe):
             "struct_step": float(self.monitor.on_step if self.monitor.on else -1),
             "struct_weight": float(struct_w),
             "struct_loss": float(struct_loss.detach()),
+            **prior_info,
         }
         if self.tracker.slope is not None:
             info["d_slope"] = self.tracker.slope

@@ -324,13 +324,30 @@ class StaticRecipe:
         cfg = self.config
         dit: DiT = modules["dit"]
         batch = self.batch(indices)
-        x0, known_mask = batch["x0"], batch["known_mask"]
         t = logit_normal(len(indices), cfg["t_mean"] + float(np.log(cfg["time_shift"])), cfg["t_std"])
-        eps = latent_noise(tuple(x0.shape), offset=float(cfg["noise_offset"]))
+        per_sample = self.flow_loss(dit, batch, t)
+        info = {
+            "frac_text": float(batch["text_mask"].any(dim=1).float().mean()),
+            "frac_controls": float(batch["control_mask"].amax(dim=(1, 2)).mean()),
+            "frac_known": float(batch["known_mask"].amax(dim=(1, 2)).mean()),
+        }
+        quartile = (t * 4).long().clamp(max=3)
+        for q in range(4):  # mean loss per timestep quartile, for the timestep histogram (absent when empty)
+            if (quartile == q).any():
+                info[f"loss_t{q}"] = float(per_sample.detach()[quartile == q].mean())
+        loss = per_sample.mean()
+        if self.dit_config.pitch_classes:
+            info["loss_rf"] = float(loss.detach())
+        return loss + self.pitch_prior_term(dit, batch, info), info
+
+    def flow_loss(self, dit: DiT, batch: dict, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample rectified-flow loss [B] at flow times t: noise x0 (offset noise), run the DiT on every
+        condition of the batch, MSE to eps - x0 on the frames not given, measured channels weighted."""
+        x0, known_mask = batch["x0"], batch["known_mask"]
+        eps = latent_noise(tuple(x0.shape), offset=float(self.config["noise_offset"]))
         tt = t[:, None, None]
-        xt = (1 - tt) * x0 + tt * eps
         v = dit(
-            xt,
+            (1 - tt) * x0 + tt * eps,
             t,
             text=batch["text"],
             text_mask=batch["text_mask"],
@@ -341,23 +358,15 @@ class StaticRecipe:
             known_mask=known_mask,
             **({"pitch": batch["pitch"]} if self.dit_config.pitch_classes else {}),
         )
-        per_sample = rf_loss(v, eps - x0, 1.0 - known_mask, self.channel_weight)
-        info = {
-            "frac_text": float(batch["text_mask"].any(dim=1).float().mean()),
-            "frac_controls": float(batch["control_mask"].amax(dim=(1, 2)).mean()),
-            "frac_known": float(known_mask.amax(dim=(1, 2)).mean()),
-        }
-        quartile = (t * 4).long().clamp(max=3)
-        for q in range(4):  # mean loss per timestep quartile, for the timestep histogram (absent when empty)
-            if (quartile == q).any():
-                info[f"loss_t{q}"] = float(per_sample.detach()[quartile == q].mean())
-        loss = per_sample.mean()
-        if self.dit_config.pitch_classes:
-            info["loss_rf"] = float(loss.detach())
-            prior_loss, accuracy = self.pitch_prior_loss(dit, batch)
-            info.update(loss_pitch_prior=float(prior_loss.detach()), pitch_prior_acc=accuracy)
-            loss = loss + cfg["pitch_prior_weight"] * prior_loss
-        return loss, info
+        return rf_loss(v, eps - x0, 1.0 - known_mask, self.channel_weight)
+
+    def pitch_prior_term(self, dit: DiT, batch: dict, info: dict) -> torch.Tensor | float:
+        """The pitch prior's weighted loss (0 without a prior); logs its loss and accuracy into `info`."""
+        if not self.dit_config.pitch_classes:
+            return 0.0
+        prior_loss, accuracy = self.pitch_prior_loss(dit, batch)
+        info.update(loss_pitch_prior=float(prior_loss.detach()), pitch_prior_acc=accuracy)
+        return self.config["pitch_prior_weight"] * prior_loss
 
     def pitch_prior_loss(self, dit: DiT, batch: dict) -> tuple[torch.Tensor, float]:
         """Cross-entropy of the pitch prior on the batch's captions plus `pitch_prior_captions` more (drawn
