@@ -235,7 +235,12 @@ def sample_window(
     x = noise if cond.init is None else noise_to(cond.init[None].float(), noise, cond.t_start)
     if s.sampler == "pingpong":
         z = sample_pingpong(
-            model, x, pingpong_times(s.steps, t_start=cond.t_start), callback=callback, generator=rng
+            model,
+            x,
+            pingpong_times(s.steps, t_start=cond.t_start),
+            callback=callback,
+            generator=rng,
+            noise_offset=gen.noise_offset,
         )
     else:
         sample = sample_heun if s.sampler == "heun" else sample_euler

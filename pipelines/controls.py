@@ -104,6 +104,18 @@ STEADY_SPREAD_SEMITONES = 1.0  # a steady pitch: the middle half of the voiced f
 STEADY_VOICED_FRACTION = 0.3  # of the audible frames
 
 
+def beat_grid_controls(
+    beats_s: np.ndarray | list[float], bars_s: np.ndarray | list[float], n_frames: int, frame_rate: float
+) -> Controls:
+    """Controls on `n_frames` latent frames whose beat and bar phases follow the given beat and bar times,
+    measured by `measure_controls` on silence (use only their beat and bar groups)."""
+    from pipelines.analysis import ANALYSIS_RATE
+
+    seconds = n_frames / frame_rate
+    silence = Audio(np.zeros((1, int(np.ceil(seconds * ANALYSIS_RATE)) + 1), np.float32), ANALYSIS_RATE)
+    return measure_controls(silence, n_frames, frame_rate, beats_s=beats_s, bars_s=bars_s)
+
+
 def steady_pitch(values: np.ndarray | torch.Tensor, present: np.ndarray | torch.Tensor) -> float | None:
     """The MIDI pitch (fractional) a clip holds, from its control channels [8, T] and presence [8]; None
     when it holds no single steady pitch (unpitched, too little voiced, or a melody or chord).

@@ -47,9 +47,15 @@ class DiTConfig:
     max_seconds: float = 47.0  # seconds_total is embedded as seconds / max_seconds
     # The pitch prior (0: none): a head reading the prompt's tokens gives a distribution over `pitch_classes`
     # semitones (class k is MIDI pitch_low + k) plus "no steady pitch", whose expected embedding joins the
-    # adaLN condition. See PitchPrior.
+    # adaLN condition. See PromptPrior.
     pitch_classes: int = 0
     pitch_low: int = 24
+    # The tempo prior (0: none): the same kind of head gives a distribution over `tempo_classes` whole BPM
+    # (class k is tempo_low + k BPM) plus "no steady pulse". It has no input into the DiT's condition:
+    # generation turns its pick into the beat-phase control (pipelines.generator.tempo_controls), the
+    # per-frame input that training taught the DiT to follow.
+    tempo_classes: int = 0
+    tempo_low: int = 40
 
     @property
     def in_channels(self) -> int:
@@ -174,8 +180,9 @@ PITCH_ABSENT = -1  # nothing known about the pitch (the unconditional half of CF
 PITCH_FROM_TEXT = -2  # the pitch prior's distribution for the prompt (absent where there is no prompt)
 
 
-class PitchPrior(nn.Module):
-    """Prompt tokens -> logits over semitone classes plus "no steady pitch" (the last class).
+class PromptPrior(nn.Module):
+    """Prompt tokens -> logits over classes of a clip's property plus "none" (the last class): the pitch
+    prior (semitones, "no steady pitch") and the tempo prior (whole BPM, "no steady pulse").
 
     Attention pooling (a few learned queries) over the projected text tokens, then an MLP. It is trained by
     cross-entropy against the pitch measured on each training clip (pipelines.controls.steady_pitch), so a
@@ -214,9 +221,11 @@ class DiT(nn.Module):
         self.null_text = nn.Parameter(torch.zeros(1, 1, cfg.dim))  # always attendable
         self.text_pool = nn.Linear(cfg.dim, cfg.dim)  # pooled prompt -> adaLN condition
         if cfg.pitch_classes:
-            self.pitch_prior = PitchPrior(cfg.dim, cfg.pitch_classes + 1)
+            self.pitch_prior = PromptPrior(cfg.dim, cfg.pitch_classes + 1)
             # classes, then "no steady pitch", then "absent"
             self.pitch_embed = nn.Embedding(cfg.pitch_classes + 2, cfg.dim)
+        if cfg.tempo_classes:
+            self.tempo_prior = PromptPrior(cfg.dim, cfg.tempo_classes + 1)
         self.blocks = nn.ModuleList([DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(cfg.dim, cfg.patch, cfg.latent_channels)
         self.initialize_weights()
@@ -340,10 +349,20 @@ class DiT(nn.Module):
     def pitch_logits(self, text: torch.Tensor | None, text_mask: torch.Tensor | None) -> torch.Tensor:
         """The pitch prior's logits [B, pitch_classes + 1] for prompts (the last class: no steady pitch)."""
         assert self.cfg.pitch_classes, "this DiT has no pitch prior"
+        return self._prior_logits(self.pitch_prior, text, text_mask)
+
+    def tempo_logits(self, text: torch.Tensor | None, text_mask: torch.Tensor | None) -> torch.Tensor:
+        """The tempo prior's logits [B, tempo_classes + 1] for prompts (the last class: no steady pulse)."""
+        assert self.cfg.tempo_classes, "this DiT has no tempo prior"
+        return self._prior_logits(self.tempo_prior, text, text_mask)
+
+    def _prior_logits(
+        self, prior: PromptPrior, text: torch.Tensor | None, text_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         batch = 1 if text is None else text.shape[0]
         dtype = self.x_embedder.weight.dtype
         context, mask, _ = self.text_context(None if text is None else text.to(dtype), text_mask, batch)
-        return self.pitch_prior(context, mask)
+        return prior(context, mask)
 
     def pitch_condition(
         self, pitch: torch.Tensor | None, context: torch.Tensor, context_mask: torch.Tensor

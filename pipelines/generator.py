@@ -12,6 +12,11 @@ fresh noise at every step drawn from the seed too), decode each latent with the 
 round(seconds * 44100) samples of 44.1 kHz stereo. The only post-processing is peak safety: a
 decoded peak above 0 dBFS is scaled down to -1 dBFS, so a file written in 16 bits never clips.
 
+With a tempo prior (a DiT whose config has tempo_classes), the prompt's tempo is read by that learned
+head, not parsed: where it finds a steady pulse (P(no pulse) < 1/2), its most likely BPM becomes the
+beat-phase control on every frame (downbeat at 0; `tempo_controls`), in both halves of guidance, so the
+beat lands on a grid and text still decides everything else. `self.last_tempo_bpm` says what it chose.
+
 Randomness comes only from the seed: the same settings give bit-identical audio, and variation i of
 a batch uses seed + i, so it can be remade alone.
 """
@@ -30,6 +35,7 @@ import torch
 
 from pipelines.audio import Audio, peak_safe
 from pipelines.codec import Codec, load_codec
+from pipelines.controls import CONTROL_GROUPS, CONTROL_NAMES, beat_grid_controls
 from pipelines.dit import DiT, DiTConfig
 from pipelines.errors import BadInput
 from pipelines.samplers import (
@@ -50,6 +56,7 @@ MAX_VARIATIONS = 16
 MAX_GUIDANCE = 20.0
 MAX_SEED = 2**63 - 1 - MAX_VARIATIONS  # variation i uses seed + i, which must stay a valid torch seed
 SETTINGS_FORMAT = 1  # version of the settings file written beside generated audio
+PULSE_THRESHOLD = 0.5  # the tempo prior's P(no steady pulse) below which generation follows its tempo
 
 
 def default_generator_path() -> Path:
@@ -103,6 +110,7 @@ class Generator:
         # A bf16 copy for sampling: ~30% faster than autocast on CPU, which re-casts weights every call.
         self._sampling_dit = copy.deepcopy(dit).to(torch.bfloat16).eval() if bf16 else self.dit
         self.last_settings: GenerationSettings | None = None
+        self.last_tempo_bpm: float | None = None
         self.timings: dict[str, float] = {}
 
     @property
@@ -123,6 +131,18 @@ class Generator:
     def measured_channels(self) -> int:
         """The codec's measured latent channels (level, log-f0, voicing): guidance leaves them alone."""
         return int(self.codec.cfg.measured_dim)
+
+    @torch.no_grad()
+    def prompt_tempo(self, tokens: torch.Tensor, mask: torch.Tensor) -> float | None:
+        """The tempo prior's BPM for one encoded prompt (tokens [1, L, D], mask [1, L]), or None where it
+        hears no steady pulse (or the model has no tempo prior)."""
+        cfg = self.dit.cfg
+        if not cfg.tempo_classes:
+            return None
+        probs = self.dit.tempo_logits(tokens, mask)[0].float().softmax(dim=-1)
+        if float(probs[-1]) >= PULSE_THRESHOLD:
+            return None
+        return float(cfg.tempo_low + int(probs[:-1].argmax()))
 
     @property
     def default_steps(self) -> int:
@@ -247,6 +267,14 @@ class Generator:
         length = torch.full((variations,), frames / self.codec.latent_rate)
         cond = {"text": tokens, "text_mask": mask, "seconds": length}
         uncond = {"text": tokens, "text_mask": torch.zeros_like(mask), "seconds": length}
+        self.last_tempo_bpm = self.prompt_tempo(text.tokens, text.mask)
+        if self.last_tempo_bpm is not None:
+            values, present = tempo_controls(self.last_tempo_bpm, frames, self.codec.latent_rate)
+            pulse = {
+                "controls": values[None].expand(variations, -1, -1),
+                "control_mask": present[None].expand(variations, -1, -1),
+            }
+            cond, uncond = {**cond, **pulse}, {**uncond, **pulse}
         generators = [torch.Generator().manual_seed(s.seed + i) for i in range(variations)]
         shape = (1, self.codec.channels, frames)
         noise = torch.cat([latent_noise(shape, g, self.noise_offset) for g in generators])
@@ -256,7 +284,12 @@ class Generator:
         with torch.no_grad():  # not inference_mode: see pipelines/dit.py
             if s.sampler == "pingpong":  # its fresh noise continues each variation's own generator
                 z = sample_pingpong(
-                    model, noise, pingpong_times(s.steps), callback=callback, generator=generators
+                    model,
+                    noise,
+                    pingpong_times(s.steps),
+                    callback=callback,
+                    generator=generators,
+                    noise_offset=self.noise_offset,
                 )
             else:
                 z = SAMPLERS[s.sampler](
@@ -279,6 +312,18 @@ class Generator:
             "total_s": done - started,
         }
         return out
+
+
+def tempo_controls(bpm: float, frames: int, frame_rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values [8, frames], presence [8, frames]) holding only the beat group: a pulse at `bpm` from a beat
+    at 0 s, measured as training measured clips with known beats (pipelines.controls.beat_grid_controls)."""
+    seconds = frames / frame_rate
+    beats = [60.0 * k / bpm for k in range(int(math.ceil(seconds * bpm / 60.0)) + 2)]
+    controls = beat_grid_controls(beats, [], frames, frame_rate)
+    present = torch.zeros(len(CONTROL_NAMES), 1)
+    present[list(CONTROL_GROUPS["beat"])] = 1.0
+    present = present.expand(-1, frames).contiguous()
+    return torch.from_numpy(controls.values).float() * present, present
 
 
 def _is_number(value) -> bool:

@@ -48,6 +48,7 @@ from pipelines.conditioned import (
 )
 from pipelines.errors import BadInput
 from pipelines.generator import MAX_SEED, Generator
+from pipelines.samplers import latent_noise
 
 PREVIEW_SECONDS = 4.0
 FIRST_CHUNK_SECONDS = 1.0  # short, so the first audio comes quickly
@@ -77,13 +78,16 @@ def _check_second_prompt(gen: Generator, morph_to: str | None) -> None:
         gen.settings(morph_to, seconds=min(1.0, gen.max_seconds))  # the same prompt checks as generate
 
 
-def neighbour_noise(seed: int, index: int, amount: float, shape: tuple[int, ...]) -> torch.Tensor:
-    """Standard normal noise near seed's: cos(theta) eps(seed) + sin(theta) eps(seed, index), theta = amount * pi/2."""
-    base = torch.randn(shape, generator=rng_for(seed))
+def neighbour_noise(
+    seed: int, index: int, amount: float, shape: tuple[int, ...], offset: float = 0.0
+) -> torch.Tensor:
+    """The flow's noise (latent_noise with `offset`) near seed's: cos(theta) eps(seed) + sin(theta) eps(seed, index),
+    theta = amount * pi/2; both parts have the same law, so the mix does too."""
+    base = latent_noise(shape, rng_for(seed), offset)
     if amount == 0.0:
         return base
     other_seed = (seed * 1_000_003 + 7919 * (index + 1)) % MAX_SEED
-    other = torch.randn(shape, generator=rng_for(other_seed))
+    other = latent_noise(shape, rng_for(other_seed), offset)
     theta = amount * math.pi / 2
     return math.cos(theta) * base + math.sin(theta) * other
 
@@ -117,7 +121,9 @@ def morph(
         raise BadInput(f"seconds must be at most {gen.max_seconds:g} for a preview, not {seconds!r}.")
     n = round(s.seconds * gen.sample_rate)
     frames = frames_for(gen, n)
-    noise = neighbour_noise(s.seed, variation_index, float(variation), (gen.codec.channels, frames))
+    noise = neighbour_noise(
+        s.seed, variation_index, float(variation), (gen.codec.channels, frames), gen.noise_offset
+    )
     z = sample_window(
         gen,
         _weights(s.prompt, morph_to, alpha),

@@ -44,7 +44,7 @@ from pipelines.conditioned import (
     sample_long,
     settings_info,
 )
-from pipelines.controls import Controls, measure_controls
+from pipelines.controls import Controls, beat_grid_controls
 from pipelines.errors import BadInput
 from pipelines.generator import Generator
 
@@ -193,18 +193,11 @@ def beats(
 
 
 def grid_controls(gen: Generator, grid: BeatGrid, frames: int) -> Controls:
-    """Controls on `frames` latent frames whose beat and bar phases are `grid`'s, measured by the analysis
-    module from the grid's beat and bar times (on silence: use only the beat and bar groups)."""
+    """Controls on `frames` latent frames whose beat and bar phases are `grid`'s (pipelines.controls.beat_grid_controls)."""
     seconds = frames / gen.codec.latent_rate
-    silence = Audio(np.zeros((1, int(np.ceil(seconds * ANALYSIS_RATE)) + 1), np.float32), ANALYSIS_RATE)
-    controls = measure_controls(
-        silence,
-        frames,
-        gen.codec.latent_rate,
-        beats_s=grid.beat_times(seconds),
-        bars_s=grid.bar_times(seconds),
+    return beat_grid_controls(
+        grid.beat_times(seconds), grid.bar_times(seconds), frames, gen.codec.latent_rate
     )
-    return controls
 
 
 def close_loop(made: Audio, n: int, fade: int) -> Audio:

@@ -131,16 +131,16 @@ def pingpong_times(
 
 
 def _fresh_noise(
-    like: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
+    like: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None, offset: float = 0.0
 ) -> torch.Tensor:
-    """Standard normal noise shaped like `like`; one generator per batch item keeps each item reproducible alone."""
+    """latent_noise shaped like `like`; one generator per batch item keeps each item reproducible alone."""
     if isinstance(generator, list | tuple):
         assert len(generator) == like.shape[0], "one generator per batch item"
         shape = (1, *like.shape[1:])
-        return torch.cat(
-            [torch.randn(shape, generator=g, dtype=like.dtype, device=like.device) for g in generator]
-        )
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+        noise = torch.cat([latent_noise(shape, g, offset) for g in generator])
+    else:
+        noise = latent_noise(tuple(like.shape), generator, offset)
+    return noise.to(dtype=like.dtype, device=like.device)
 
 
 @torch.no_grad()
@@ -151,11 +151,13 @@ def sample_pingpong(
     extra_args: dict | None = None,
     callback: Callable[[dict], None] | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
+    noise_offset: float = 0.0,
 ) -> torch.Tensor:
     """Ping-pong steps: x0 = x - t_i v, then x = (1 - t_{i+1}) x0 + t_{i+1} fresh noise (x0 itself at 0).
 
     x is the latent at times[0]. The fresh noise comes from `generator` (torch's global one when None;
-    a list gives one generator per batch item), so a seed makes the whole run reproducible.
+    a list gives one generator per batch item), so a seed makes the whole run reproducible; it is
+    latent_noise with the model's `noise_offset`, the noise the model was trained on.
     """
     extra_args = extra_args or {}
     s_in = x.new_ones([x.shape[0]])
@@ -165,7 +167,7 @@ def sample_pingpong(
         denoised = x - t * v
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "denoised": denoised})
-        x = denoised if t_next == 0 else noise_to(denoised, _fresh_noise(x, generator), t_next)
+        x = denoised if t_next == 0 else noise_to(denoised, _fresh_noise(x, generator, noise_offset), t_next)
     return x
 
 

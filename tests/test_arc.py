@@ -141,6 +141,30 @@ def test_pingpong_is_reproducible_from_a_seed():
     assert torch.allclose(pair[1:], alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("offset", [0.0, 3.0])
+def test_pingpong_fresh_noise_is_the_models_offset_noise(offset):
+    seen = []
+
+    def model(x, t):  # x0 estimate is 0, so each next state is t_next * fresh noise
+        return x / t.view(-1, 1, 1)
+
+    frames = 2000
+    sample_pingpong(
+        model,
+        torch.randn(1, 512, frames),
+        pingpong_times(2),
+        callback=seen.append,
+        generator=torch.Generator().manual_seed(0),
+        noise_offset=offset,
+    )
+    fresh = seen[1]["x"] / seen[1]["t"]
+    assert abs(float(fresh.std()) - 1.0) < 0.1
+    # the per-channel mean over frames: 1/sqrt(T) for plain noise, offset/sqrt(1+offset^2) with offset noise
+    spread = float(fresh.mean(-1).std())
+    expected = offset / math.sqrt(1 + offset**2) if offset else 1 / math.sqrt(frames)
+    assert expected / 2 < spread < expected * 2
+
+
 @pytest.mark.parametrize("t_start", [1.0, 0.6])
 def test_pingpong_keeps_known_frames_through_the_known_frames_wrapper(t_start):
     dit = random_dit()
@@ -532,6 +556,17 @@ def test_arc_says_why_it_cannot_run(setup, tmp_path):
             config_path=config,
             init_bundle=setup["base"],
             overrides={"recipe": {"dit": {**ARC_DIT, "dim": 48}}},
+            progress=False,
+        )
+    one_sentence(caught)
+    with pytest.raises(BadInput, match="set recipe.noise_offset to") as caught:
+        train(
+            "arc",
+            setup["data"],
+            tmp_path / "e",
+            config_path=config,
+            init_bundle=setup["base"],
+            overrides={"recipe": {"noise_offset": 0.5}},
             progress=False,
         )
     one_sentence(caught)

@@ -34,7 +34,8 @@ def tiny_generator_bundle(root: Path) -> Path:
     torch.manual_seed(0)
     codec = CodecModel(CodecConfig(**TINY_CODEC))
     codec_path = save_bundle(root / "codec", asdict(codec.cfg), {"codec": codec.state_dict()}, kind="codec")
-    # with a pitch prior, so every generation here also runs the prompt -> pitch path (in bf16 and under CFG)
+    # with pitch and tempo priors, so every generation here also runs the prompt -> pitch path (in bf16 and
+    # under CFG) and, where the random tempo prior hears a pulse, the beat control
     cfg = DiTConfig(
         latent_channels=8,
         dim=32,
@@ -44,6 +45,8 @@ def tiny_generator_bundle(root: Path) -> Path:
         max_seconds=MAX_SECONDS,
         pitch_classes=12,
         pitch_low=48,
+        tempo_classes=20,
+        tempo_low=110,
     )
     dit = DiT(cfg)
     with torch.no_grad():
@@ -134,6 +137,37 @@ def test_the_bundles_time_shift_sets_the_sampling_grid(gen):
         gen.config = saved
     assert times[0] == shifted[0] == 1.0
     assert all(b > a for a, b in zip(times[1:], shifted[1:]))  # every later step sits at higher noise
+
+
+def test_tempo_controls_hold_only_a_beat_phase_at_the_bpm():
+    from pipelines.controls import CONTROL_GROUPS
+    from pipelines.generator import tempo_controls
+
+    rate = 44100 / 1024
+    values, present = tempo_controls(120.0, 431, rate)  # 10 s
+    beat = list(CONTROL_GROUPS["beat"])
+    assert values.shape == present.shape == (8, 431)
+    assert present[beat].eq(1).all() and present.sum() == 2 * 431
+    assert values[[c for c in range(8) if c not in beat]].eq(0).all()
+    phase = np.unwrap(np.arctan2(values[beat[0]].numpy(), values[beat[1]].numpy()))
+    cycles_per_s = np.polyfit(np.arange(431) / rate, phase / (2 * np.pi), 1)[0]
+    assert cycles_per_s == pytest.approx(2.0, rel=0.005)  # 120 BPM: two beats a second
+    assert abs(np.sin(2 * np.pi * 0.5 / rate * 2.0) - float(values[beat[0], 0])) < 0.02  # a beat at 0 s
+
+
+def test_the_tempo_prior_decides_whether_and_at_what_bpm_the_beat_control_is_given(bundle):
+    fresh = load_generator(bundle)  # its prior is set by hand below; the shared one stays as it is
+    head = fresh.dit.tempo_prior.out[-1]
+    made = {}
+    for name, confident in (("pulse", 10), ("none", 20)):  # class 10: 120 BPM; class 20: no steady pulse
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.zero_()
+            head.bias[confident] = 50.0
+        made[name] = fresh.generate(PROMPT, seconds=2.0, seed=3).samples
+        made[name + "_bpm"] = fresh.last_tempo_bpm
+    assert made["pulse_bpm"] == 120.0 and made["none_bpm"] is None
+    assert not np.allclose(made["pulse"], made["none"], atol=1e-4)  # the beat control reached the DiT
 
 
 def test_heun_sampler_and_the_step_callback(gen):

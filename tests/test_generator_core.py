@@ -232,19 +232,24 @@ def test_pitch_input_classes_none_absent_and_from_text():
     assert torch.allclose(dit(x, t, **inputs), dit(x, t, **inputs, pitch=torch.full((2,), 2)), atol=1e-5)
 
 
-def test_pitch_prior_learns_a_class_from_the_prompt_tokens():
+@pytest.mark.parametrize("prior", ["pitch", "tempo"])
+def test_a_prompt_prior_learns_a_class_from_the_prompt_tokens(prior):
     torch.manual_seed(0)
-    dit = DiT(PITCHED)
+    cfg = DiTConfig(**{**PITCHED.__dict__, "tempo_classes": 30, "tempo_low": 100})
+    dit = DiT(cfg)
+    logits_of = dit.pitch_logits if prior == "pitch" else dit.tempo_logits
+    none = cfg.pitch_classes if prior == "pitch" else cfg.tempo_classes  # the last class: none
     text = torch.randn(4, 3, TINY.text_dim)
     mask = torch.ones(4, 3, dtype=torch.bool)
-    target = torch.tensor([0, 3, 5, PITCHED.pitch_classes])  # the last: no steady pitch
+    target = torch.tensor([0, 3, 5, none])
+    assert logits_of(text, mask).shape == (4, none + 1)
     opt = torch.optim.Adam(dit.parameters(), lr=1e-2)
     for _ in range(60):
         opt.zero_grad()
-        loss = F.cross_entropy(dit.pitch_logits(text, mask), target)
+        loss = F.cross_entropy(logits_of(text, mask), target)
         loss.backward()
         opt.step()
-    assert torch.equal(dit.pitch_logits(text, mask).argmax(dim=1), target)
+    assert torch.equal(logits_of(text, mask).argmax(dim=1), target)
 
 
 def test_cat_inputs_fills_a_missing_pitch_as_absent():

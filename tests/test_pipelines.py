@@ -352,6 +352,8 @@ def test_morph_ends_are_the_prompts_and_neighbourhoods_stay_near(gen):
     near = neighbour_noise(12, 1, 0.2, (8, 4000))
     corr = float((base * near).mean() / (base.std() * near.std()))
     assert abs(corr - math.cos(0.2 * math.pi / 2)) < 0.02 and abs(float(near.std()) - 1.0) < 0.03
+    offset = neighbour_noise(12, 1, 0.2, (64, 4000), offset=1.0)  # the bundle's offset noise keeps its law
+    assert abs(float(offset.std()) - 1.0) < 0.1 and 0.4 < float(offset.mean(-1).std()) < 1.0
     variations = neighbours(gen, "rain", seed=12, count=2, amount=0.2, seconds=1.0)
     far = morph(gen, "rain", None, seconds=1.0, seed=99).samples
     for v in variations:

@@ -166,7 +166,9 @@ def make_corpus(root: Path) -> Path:
             "captions": captions,
             "seconds": len(x) / SR,
             "split": "val" if name == "val" else "train",
-            "params": {"beats_s": [0.0, 0.5, 1.0] if name == "clicks" else [], "bars_s": []},
+            "params": {"category": "tone", "bpm": None, "beats_s": [], "bars_s": []}
+            if name != "clicks"
+            else {"category": "drums", "bpm": 120.0, "beats_s": [0.0, 0.5, 1.0], "bars_s": []},
         }
         lines.append(json.dumps(record))
     (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
@@ -333,6 +335,70 @@ def test_static_recipe_trains_the_pitch_prior(cached_corpus, tmp_path):
     assert last < 0.5 * first, (first, last)
     assert np.mean([r["pitch_prior_acc"] for r in rows[-5:]]) > 0.8
     assert all(abs(r["loss"] - r["loss_rf"] - 0.1 * r["loss_pitch_prior"]) < 1e-3 for r in rows)
+
+
+def test_static_recipe_trains_the_tempo_prior(cached_corpus, tmp_path):
+    from training.static_recipe import TEMPO_UNKNOWN, StaticRecipe
+    from training.trainer import train
+
+    data, codec, _ = cached_corpus
+    dit = {**TINY_DIT, "tempo_classes": 200, "tempo_low": 40}
+    recipe = StaticRecipe({"codec": str(codec), "dit": dit, "segment_frames": 32}, data)
+    tempos = {d["id"]: d["tempo"] for d in recipe.data}
+    # the click loop's known 120 BPM is class 80 from 40 BPM; the tones have no pulse (class 200)
+    assert tempos == {"t220": 200, "t440": 200, "t880": 200, "clicks": 80}
+    assert TEMPO_UNKNOWN not in tempos.values()
+    config = static_config(
+        tmp_path,
+        codec,
+        30,
+        recipe={"codec": str(codec), "segment_frames": 32, "dit": dit, "tempo_caption_pool": 0},
+    )
+    train("static", data, tmp_path / "run", config_path=config, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first = np.mean([r["loss_tempo_prior"] for r in rows[:5]])
+    last = np.mean([r["loss_tempo_prior"] for r in rows[-5:]])
+    assert last < 0.5 * first, (first, last)
+    assert np.mean([r["tempo_prior_acc"] for r in rows[-5:]]) > 0.8
+    assert all(abs(r["loss"] - r["loss_rf"] - 0.1 * r["loss_tempo_prior"]) < 1e-3 for r in rows)
+
+
+def test_tempo_targets_are_soft_over_neighbouring_bpm_and_hard_for_no_pulse():
+    from training.static_recipe import tempo_targets
+
+    t = tempo_targets(torch.tensor([80, 200, 0]), 200)
+    assert t.shape == (3, 201) and torch.allclose(t.sum(dim=1), torch.ones(3))
+    assert int(t[0].argmax()) == 80 and float(t[0, 79]) == pytest.approx(float(t[0, 81]))
+    assert 0.1 < float(t[0, 81] / t[0, 80]) < 0.9 and float(t[0, 200]) == 0.0
+    assert float(t[1, 200]) == 1.0
+    assert float(t[2, 0]) > float(t[2, 1]) > 0.0  # at the range's edge the normal is cut and renormalised
+
+
+def test_tempo_caption_pool_names_the_tempo_it_is_labelled_with(cached_corpus):
+    from training.static_recipe import StaticRecipe
+
+    data, codec, _ = cached_corpus
+    recipe = StaticRecipe({"codec": str(codec), "dit": {**TINY_DIT, "tempo_classes": 200}}, data)
+    drums = {
+        "category": "drums",
+        "bpm": 122.6,
+        "style": "waltz",
+        "meter": "3/4",
+        "bars": 3,
+        "kit": 0,
+        "swing": 0.0,
+        "fill": False,
+        "brightness_hz": 3000.0,
+    }
+    clips = [
+        {"params": drums, "seconds": 4.7},
+        {"params": {"category": "drums", "bpm": 90.0}, "seconds": 3.0},
+    ]
+    pool = recipe.tempo_caption_pool(clips, 64)
+    assert len(pool) == 64  # the clip whose params the captioner cannot read adds nothing
+    assert all(f"{40 + k} BPM" in caption for caption, k in pool)
+    assert len({k for _, k in pool}) > 40  # spread over the classes, not the corpus's tempo
+    assert pool == recipe.tempo_caption_pool(clips, 64)  # the same pool in every run
 
 
 def test_extra_corpora_join_the_training_clips(cached_corpus, tmp_path):

@@ -69,7 +69,7 @@ from torch import nn
 
 from pipelines.dit import DiT, DiTConfig
 from pipelines.errors import BadInput
-from pipelines.samplers import noise_to, time_of_logsnr
+from pipelines.samplers import latent_noise, noise_to, time_of_logsnr
 from training.recipes import recipe_settings
 from training.static_recipe import DEFAULTS as STATIC_DEFAULTS
 from training.static_recipe import StaticRecipe
@@ -358,7 +358,7 @@ class ArcRecipe(StaticRecipe):
             level = time_of_logsnr(torch.tensor(float(self.config["heldout_logsnr"])))
             lengths = torch.tensor(lengths)
             self._heldout_batch = {
-                "x": noise_to(x0, torch.randn(x0.shape, generator=g), level),
+                "x": noise_to(x0, latent_noise(tuple(x0.shape), g, self.noise_offset), level),
                 "t": level.expand(n).clone(),
                 "seconds": lengths.float() / self.codec.latent_rate,
                 "text": text,
@@ -449,6 +449,12 @@ class ArcRecipe(StaticRecipe):
                 f"The generator bundle {bundle.path} reads text with {bundle.config.get('text_encoder')!r} "
                 f"but this arc run is set to {self.config['text_encoder']!r}; set recipe.text_encoder to match."
             )
+        theirs_offset = float(bundle.config.get("noise_offset", 0.0))
+        if theirs_offset != self.noise_offset:
+            raise BadInput(
+                f"The generator bundle {bundle.path} was trained with noise_offset {theirs_offset:g} but this arc "
+                f"run is set to {self.noise_offset:g}; set recipe.noise_offset to {theirs_offset:g}."
+            )
         bundle.load_into("dit", modules["dit"])
         tensors = bundle.tensors("dit")
         trunk = modules["disc"].trunk
@@ -485,13 +491,13 @@ class ArcRecipe(StaticRecipe):
         inputs.update(known=x0, known_mask=known_mask)
 
         t = generator_times(b, cfg["g_logsnr_min"], cfg["g_logsnr_max"], cfg["p_t_one"])[:, None, None]
-        x_t = noise_to(x0, torch.randn_like(x0), t)
+        x_t = noise_to(x0, latent_noise(tuple(x0.shape), offset=self.noise_offset), t)
         with torch.set_grad_enabled(group == GENERATOR):
             x0_hat = x_t - t * gen(x_t, t.flatten(), **inputs)
             fake = known_mask * x0 + (1 - known_mask) * x0_hat  # known frames are given, as when sampling
 
         s = logsnr_uniform(b, cfg["d_logsnr_min"], cfg["d_logsnr_max"])
-        noise = torch.randn_like(x0)
+        noise = latent_noise(tuple(x0.shape), offset=self.noise_offset)  # the same noise for both
         real_s, fake_s = noise_to(x0, noise, s[:, None, None]), noise_to(fake, noise, s[:, None, None])
         generated = 1.0 - known_mask[:, 0]  # [B, T]: the frames G made
 
@@ -549,9 +555,9 @@ class ArcRecipe(StaticRecipe):
         seconds = torch.tensor([frames / self.codec.latent_rate])
         cond = {"text": text, "text_mask": text_mask, "seconds": seconds}
         uncond = {"text": text, "text_mask": torch.zeros_like(text_mask), "seconds": seconds}
-        x = torch.randn(1, self.codec.channels, frames)
+        x = latent_noise((1, self.codec.channels, frames), offset=self.noise_offset)
         model = cfg_model(dit, cond, uncond, guidance, unguided_channels=self.codec.cfg.measured_dim)
-        return sample_pingpong(model, x, pingpong_times(steps))[0]
+        return sample_pingpong(model, x, pingpong_times(steps), noise_offset=self.noise_offset)[0]
 
     def bundle_config(self) -> dict:
         return {**super().bundle_config(), **EXPORT_SAMPLER}

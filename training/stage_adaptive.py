@@ -841,7 +841,7 @@ class StageAdaptiveRecipe(StaticRecipe):
             struct_term = 0.0
         loss = loss_rf + align_term + struct_term
         prior_info: dict = {}
-        loss = loss + self.pitch_prior_term(dit, batch, prior_info)
+        loss = loss + self.prior_terms(dit, batch, prior_info)
 
         info = {
             "frac_text": float(batch["text_mask"].any(dim=1).float().mean()),

@@ -15,6 +15,13 @@ pipelines and classifier-free guidance:
     from the caption (`p_pitch_from_text`, what generation uses), or dropped (`p_drop_pitch`, and always
     with the text). The prior itself learns by cross-entropy on the batch's captions plus
     `pitch_prior_captions` more per step, weighted by `pitch_prior_weight`.
+  - tempo (a DiT with a tempo prior, `dit.tempo_classes` > 0): no DiT input (the pulse reaches the DiT as
+    the beat-phase control, which training gives with the other controls); only the prior learns, by
+    cross-entropy against the clip's known BPM (params.bpm; "no steady pulse" for corpus clips without one;
+    clips without params are left out), softened over neighbouring BPM (`TEMPO_LABEL_SIGMA`), on the batch's
+    captions plus `tempo_prior_captions` more per step, half of those from a pool of `tempo_caption_pool`
+    captions written by the corpus captioner for the train clips' params at other tempos (so every BPM
+    in range is seen in words, not only the corpus's), weighted by `tempo_prior_weight`.
 
 The measured latent channels of the codec (level, log-f0, voicing) can weigh more in the loss
 (`measured_weight`): each is one channel of 32, yet a wrong pitch or level is what a listener hears first.
@@ -63,6 +70,9 @@ DEFAULTS = {
     "p_drop_pitch": 0.1,
     "pitch_prior_weight": 0.1,
     "pitch_prior_captions": 48,
+    "tempo_prior_weight": 0.1,
+    "tempo_prior_captions": 48,
+    "tempo_caption_pool": 2048,
     "measured_weight": 1.0,
     "preview_steps": 8,
     "preview_guidance": 4.0,
@@ -72,6 +82,9 @@ PROBABILITIES = (
 )  # fmt: skip
 KNOWN_FRACTION = (0.1, 0.9)  # a known span covers this share of the clip's frames
 EXPORT_SAMPLER = {"sampler": "euler", "steps": 50, "guidance": 4.0}
+TEMPO_UNKNOWN = -1  # a clip without params: its tempo is not known, and it does not teach the tempo prior
+TEMPO_LABEL_SIGMA = 1.0  # BPM: the tempo prior's target is a normal over whole-BPM classes around the truth
+TEMPO_POOL_SEED = 20261122  # the synthetic caption pool is the same in every run on the same data
 
 
 def logit_normal(n: int, mean: float, std: float) -> torch.Tensor:
@@ -118,6 +131,28 @@ def pitch_class(midi: float | None, cfg: DiTConfig) -> int:
     return k if 0 <= k < cfg.pitch_classes else PITCH_NONE
 
 
+def tempo_class(bpm: float | None, cfg: DiTConfig) -> int:
+    """A clip's known tempo as the tempo prior's target: its whole-BPM class, or tempo_classes ("no steady
+    pulse") when it has none; a tempo outside the classes' range is TEMPO_UNKNOWN (left out)."""
+    if bpm is None:
+        return cfg.tempo_classes
+    k = round(float(bpm)) - cfg.tempo_low
+    return k if 0 <= k < cfg.tempo_classes else TEMPO_UNKNOWN
+
+
+def tempo_targets(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Soft targets [B, classes + 1] for tempo labels [B] (class or `classes` for no pulse): a normal of
+    TEMPO_LABEL_SIGMA BPM around a tempo (the prior's errors are ordinal: 121 for 120 is nearly right)."""
+    grid = torch.arange(classes + 1, dtype=torch.float32)
+    pulse = labels < classes
+    weights = torch.exp(-0.5 * ((grid[None] - labels[:, None].float()) / TEMPO_LABEL_SIGMA) ** 2)
+    weights[:, classes] = 0.0
+    none = torch.zeros(len(labels), classes + 1)
+    none[:, classes] = 1.0
+    out = torch.where(pulse[:, None], weights, none)
+    return out / out.sum(dim=1, keepdim=True)
+
+
 class StaticRecipe:
     name = "static"
 
@@ -134,13 +169,14 @@ class StaticRecipe:
         shift = cfg["time_shift"]
         if isinstance(shift, bool) or not isinstance(shift, int | float) or not 0.1 <= shift <= 100.0:
             raise BadInput(f"time_shift must be a number from 0.1 to 100 (1 is no shift; got {shift}).")
-        for name in ("pitch_prior_weight", "measured_weight"):
+        for name in ("pitch_prior_weight", "tempo_prior_weight", "measured_weight"):
             value = cfg[name]
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 100.0:
                 raise BadInput(f"{name} must be a number from 0 to 100 (got {value}).")
-        extra = cfg["pitch_prior_captions"]
-        if isinstance(extra, bool) or not isinstance(extra, int) or not 0 <= extra <= 4096:
-            raise BadInput(f"pitch_prior_captions must be a whole number from 0 to 4096 (got {extra}).")
+        for name in ("pitch_prior_captions", "tempo_prior_captions", "tempo_caption_pool"):
+            extra = cfg[name]
+            if isinstance(extra, bool) or not isinstance(extra, int) or not 0 <= extra <= 65536:
+                raise BadInput(f"{name} must be a whole number from 0 to 65536 (got {extra}).")
         segment = cfg["segment_frames"]
         if not (isinstance(segment, int) and segment >= 4):
             raise BadInput(f"segment_frames must be a whole number of at least 4 (got {segment}).")
@@ -173,6 +209,7 @@ class StaticRecipe:
         self.channel_weight = weights
         self._data: list[dict] | None = None
         self._silence: torch.Tensor | None = None
+        self._tempo_pool: list[tuple[str, int]] | None = None
 
     # ---------------------------------------------------------------- data
 
@@ -185,11 +222,40 @@ class StaticRecipe:
 
     def _read_cache(self) -> list[dict]:
         data = [clip for folder in self.data_dirs for clip in self._read_corpus(folder)]
-        # every caption's embedding stays cached: the pitch prior reads many captions per step
+        # every caption's embedding stays cached: the priors read many captions per step
+        pool = self.config["tempo_caption_pool"] if self.dit_config.tempo_classes else 0
         self.text_encoder.cache_size = max(
-            self.text_encoder.cache_size, 2 * sum(len(d["captions"]) for d in data)
+            self.text_encoder.cache_size, 2 * sum(len(d["captions"]) for d in data) + 2 * pool
         )
+        self._tempo_pool = self.tempo_caption_pool(data, pool) if pool else []
         return data
+
+    def tempo_caption_pool(self, data: list[dict], size: int) -> list[tuple[str, int]]:
+        """`size` (caption, tempo class) pairs: the corpus captioner's words for train clips with a known
+        tempo, re-described at a tempo drawn uniformly over the prior's classes; only captions that name
+        that tempo are kept (the others could not tell it)."""
+        from training.captions import captions_for
+
+        cfg = self.dit_config
+        rhythmic = [d for d in data if d.get("params") and d["params"].get("bpm")]
+        if not rhythmic:
+            return []
+        rng = np.random.default_rng(TEMPO_POOL_SEED)
+        pool: list[tuple[str, int]] = []
+        for _ in range(20 * size):
+            if len(pool) == size:
+                break
+            clip = rhythmic[int(rng.integers(len(rhythmic)))]
+            k = int(rng.integers(cfg.tempo_classes))
+            params = {**clip["params"], "bpm": float(cfg.tempo_low + k)}
+            try:
+                said = captions_for(params, clip["seconds"], params.get("brightness_hz") or 1000.0, rng)
+            except KeyError:  # params the corpus captioner does not know (a user's folder): nothing to add
+                continue
+            named = [c for c in said if f"{cfg.tempo_low + k} BPM" in c]
+            if named:
+                pool.append((named[int(rng.integers(len(named)))], k))
+        return pool
 
     def _read_corpus(self, data_dir: Path) -> list[dict]:
         """The train clips of one corpus folder with their cached latents and controls."""
@@ -224,6 +290,8 @@ class StaticRecipe:
         for rec in records:
             entry = read_entry(root / f"{rec['id']}.safetensors")
             midi = steady_pitch(entry["controls"], entry["controls_present"])
+            params = rec.get("params") or {}
+            tempo = tempo_class(params.get("bpm"), self.dit_config) if params else TEMPO_UNKNOWN
             data.append(
                 {
                     "id": rec["id"],
@@ -232,9 +300,18 @@ class StaticRecipe:
                     "controls": entry["controls"].half(),
                     "present": entry["controls_present"],
                     "pitch": pitch_class(midi, self.dit_config),
+                    "tempo": tempo,
+                    # what the tempo prior's caption pool re-describes (clips with a known tempo only)
+                    "params": params if params.get("bpm") and self.dit_config.tempo_classes else None,
+                    "seconds": float(rec.get("seconds") or 0.0),
                 }
             )
         return data
+
+    @property
+    def noise_offset(self) -> float:
+        """The offset-noise share of the flow's noise (pipelines.samplers.latent_noise)."""
+        return float(self.config["noise_offset"])
 
     @property
     def silence(self) -> torch.Tensor:
@@ -304,6 +381,7 @@ class StaticRecipe:
             "x0": x0,
             "pitch": pitch,
             "pitch_target": pitch_target,
+            "tempo_target": torch.tensor([self.data[i]["tempo"] for i in indices], dtype=torch.long),
             "seconds": torch.tensor(lengths, dtype=torch.float32) / self.codec.latent_rate,
             "text": text,
             "text_mask": text_mask,
@@ -336,15 +414,15 @@ class StaticRecipe:
             if (quartile == q).any():
                 info[f"loss_t{q}"] = float(per_sample.detach()[quartile == q].mean())
         loss = per_sample.mean()
-        if self.dit_config.pitch_classes:
+        if self.dit_config.pitch_classes or self.dit_config.tempo_classes:
             info["loss_rf"] = float(loss.detach())
-        return loss + self.pitch_prior_term(dit, batch, info), info
+        return loss + self.prior_terms(dit, batch, info), info
 
     def flow_loss(self, dit: DiT, batch: dict, t: torch.Tensor) -> torch.Tensor:
         """Per-sample rectified-flow loss [B] at flow times t: noise x0 (offset noise), run the DiT on every
         condition of the batch, MSE to eps - x0 on the frames not given, measured channels weighted."""
         x0, known_mask = batch["x0"], batch["known_mask"]
-        eps = latent_noise(tuple(x0.shape), offset=float(self.config["noise_offset"]))
+        eps = latent_noise(tuple(x0.shape), offset=self.noise_offset)
         tt = t[:, None, None]
         v = dit(
             (1 - tt) * x0 + tt * eps,
@@ -360,13 +438,61 @@ class StaticRecipe:
         )
         return rf_loss(v, eps - x0, 1.0 - known_mask, self.channel_weight)
 
-    def pitch_prior_term(self, dit: DiT, batch: dict, info: dict) -> torch.Tensor | float:
-        """The pitch prior's weighted loss (0 without a prior); logs its loss and accuracy into `info`."""
-        if not self.dit_config.pitch_classes:
-            return 0.0
-        prior_loss, accuracy = self.pitch_prior_loss(dit, batch)
-        info.update(loss_pitch_prior=float(prior_loss.detach()), pitch_prior_acc=accuracy)
-        return self.config["pitch_prior_weight"] * prior_loss
+    def prior_terms(self, dit: DiT, batch: dict, info: dict) -> torch.Tensor | float:
+        """The pitch and tempo priors' weighted losses (0 for a DiT without them); logs each one's loss and
+        accuracy into `info`."""
+        total: torch.Tensor | float = 0.0
+        if self.dit_config.pitch_classes:
+            prior_loss, accuracy = self.pitch_prior_loss(dit, batch)
+            info.update(loss_pitch_prior=float(prior_loss.detach()), pitch_prior_acc=accuracy)
+            total = total + self.config["pitch_prior_weight"] * prior_loss
+        if self.dit_config.tempo_classes:
+            prior_loss, accuracy = self.tempo_prior_loss(dit, batch)
+            info.update(loss_tempo_prior=float(prior_loss.detach()), tempo_prior_acc=accuracy)
+            total = total + self.config["tempo_prior_weight"] * prior_loss
+        return total
+
+    def tempo_prior_loss(self, dit: DiT, batch: dict) -> tuple[torch.Tensor, float]:
+        """Cross-entropy of the tempo prior against soft targets (`tempo_targets`) on the batch's captions
+        of known tempo, `tempo_prior_captions` / 2 more from the data and as many from the caption pool (all
+        drawn from torch's seeded generator), and the share of them whose pick is within 2% (or "no pulse"
+        where that is the truth)."""
+        classes, low = self.dit_config.tempo_classes, self.dit_config.tempo_low
+        n = self.config["tempo_prior_captions"]
+        pool = self._tempo_pool or []
+        n_pool = n // 2 if pool else 0
+        known = [i for i, d in enumerate(self.data) if d["tempo"] != TEMPO_UNKNOWN]
+        n_data = (n - n_pool) if known else 0
+        clips = torch.randint(0, max(1, len(known)), (n_data,)).tolist()
+        picks = torch.rand(n_data).tolist()
+        pooled = torch.randint(0, max(1, len(pool)), (n_pool,)).tolist()
+        captions, labels = [], []
+        for c, pick in zip(clips, picks):
+            clip = self.data[known[c]]
+            options = clip["captions"]
+            captions.append(options[min(int(pick * len(options)), len(options) - 1)])
+            labels.append(clip["tempo"])
+        for j in pooled:
+            captions.append(pool[j][0])
+            labels.append(pool[j][1])
+
+        keep = batch["text_mask"].any(dim=1) & (batch["tempo_target"] != TEMPO_UNKNOWN)
+        parts = [(batch["text"][keep], batch["text_mask"][keep], batch["tempo_target"][keep])]
+        if captions:
+            text, mask = self.embed_text(captions)
+            parts.append((text, mask, torch.tensor(labels, dtype=torch.long)))
+        parts = [p for p in parts if len(p[2])]
+        if not parts:
+            return torch.zeros((), requires_grad=True), float("nan")
+        logits = torch.cat([dit.tempo_logits(text, mask) for text, mask, _ in parts]).float()
+        target = torch.cat([p[2] for p in parts])
+        loss = -(tempo_targets(target, classes) * logits.log_softmax(dim=1)).sum(dim=1).mean()
+        pick = logits.argmax(dim=1)
+        both_none = (pick == classes) & (target == classes)
+        both_pulse = (pick < classes) & (target < classes)
+        close = (pick + low).float() / (target + low).float().clamp(min=1)
+        right = both_none | (both_pulse & ((close - 1).abs() <= 0.02))
+        return loss, float(right.float().mean())
 
     def pitch_prior_loss(self, dit: DiT, batch: dict) -> tuple[torch.Tensor, float]:
         """Cross-entropy of the pitch prior on the batch's captions plus `pitch_prior_captions` more (drawn
@@ -408,7 +534,7 @@ class StaticRecipe:
         seconds = torch.tensor([frames / self.codec.latent_rate])
         cond = {"text": text, "text_mask": text_mask, "seconds": seconds}
         uncond = {"text": text, "text_mask": torch.zeros_like(text_mask), "seconds": seconds}
-        x = torch.randn(1, self.codec.channels, frames)
+        x = latent_noise((1, self.codec.channels, frames), offset=self.noise_offset)
         model = cfg_model(dit, cond, uncond, guidance, unguided_channels=self.codec.cfg.measured_dim)
         return sample_euler(model, x, rf_times(steps, shift=float(self.config["time_shift"])))[0]
 
@@ -439,7 +565,7 @@ class StaticRecipe:
             "controls": list(CONTROL_NAMES),
             "segment_frames": self.config["segment_frames"],
             "time_shift": float(self.config["time_shift"]),
-            "noise_offset": float(self.config["noise_offset"]),
+            "noise_offset": self.noise_offset,
             **EXPORT_SAMPLER,
         }
 
