@@ -104,6 +104,23 @@ STEADY_SPREAD_SEMITONES = 1.0  # a steady pitch: the middle half of the voiced f
 STEADY_VOICED_FRACTION = 0.3  # of the audible frames
 
 
+def pitch_hint(midi: float, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values [8, n_frames], mask [8, n_frames]) holding only a steady-pitch hint: log_f0 constant at `midi`
+    on every frame, voicing absent (so where the sound is voiced, and how it decays, stay the model's call).
+
+    Training gives it (the static recipe's `p_pitch_hint`) for clips with a steady pitch, at the semitone
+    that pipelines.dit's pitch classes name; generation gives it where the pitch prior names a note.
+    """
+    values = torch.zeros(len(CONTROL_NAMES), n_frames)
+    mask = torch.zeros(len(CONTROL_NAMES), n_frames)
+    channel = CONTROL_NAMES.index("log_f0")
+    values[channel] = (
+        float(midi) - 69.0
+    ) / 48.0  # log2(f0 / 440) / 4 with f0 = 440 * 2 ** ((midi - 69) / 12)
+    mask[channel] = 1.0
+    return values, mask
+
+
 def beat_grid_controls(
     beats_s: np.ndarray | list[float], bars_s: np.ndarray | list[float], n_frames: int, frame_rate: float
 ) -> Controls:

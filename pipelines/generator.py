@@ -12,6 +12,10 @@ fresh noise at every step drawn from the seed too), decode each latent with the 
 round(seconds * 44100) samples of 44.1 kHz stereo. The only post-processing is peak safety: a
 decoded peak above 0 dBFS is scaled down to -1 dBFS, so a file written in 16 bits never clips.
 
+With a pitch prior and a bundle trained with pitch hints (config `pitch_hint`), the note the prior names
+(P(no steady pitch) < 1/2) is also given as the steady-pitch hint control (pipelines.controls.pitch_hint:
+log_f0 at that semitone, voicing left to the model). `self.last_pitch_midi` says what it chose.
+
 With a tempo prior (a DiT whose config has tempo_classes), the prompt's tempo is read by that learned
 head, not parsed: where it finds a steady pulse (P(no pulse) < 1/2), its most likely BPM becomes the
 beat-phase control on every frame (downbeat at 0; `tempo_controls`), in both halves of guidance, so the
@@ -28,6 +32,7 @@ import json
 import math
 import secrets
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -35,7 +40,7 @@ import torch
 
 from pipelines.audio import Audio, peak_safe
 from pipelines.codec import Codec, load_codec
-from pipelines.controls import CONTROL_GROUPS, CONTROL_NAMES, beat_grid_controls
+from pipelines.controls import CONTROL_GROUPS, CONTROL_NAMES, beat_grid_controls, pitch_hint
 from pipelines.dit import DiT, DiTConfig
 from pipelines.errors import BadInput
 from pipelines.samplers import (
@@ -57,6 +62,7 @@ MAX_GUIDANCE = 20.0
 MAX_SEED = 2**63 - 1 - MAX_VARIATIONS  # variation i uses seed + i, which must stay a valid torch seed
 SETTINGS_FORMAT = 1  # version of the settings file written beside generated audio
 PULSE_THRESHOLD = 0.5  # the tempo prior's P(no steady pulse) below which generation follows its tempo
+PITCHED_THRESHOLD = 0.5  # the pitch prior's P(no steady pitch) below which generation hints its note
 
 
 def default_generator_path() -> Path:
@@ -111,6 +117,7 @@ class Generator:
         self._sampling_dit = copy.deepcopy(dit).to(torch.bfloat16).eval() if bf16 else self.dit
         self.last_settings: GenerationSettings | None = None
         self.last_tempo_bpm: float | None = None
+        self.last_pitch_midi: int | None = None
         self.timings: dict[str, float] = {}
 
     @property
@@ -143,6 +150,18 @@ class Generator:
         if float(probs[-1]) >= PULSE_THRESHOLD:
             return None
         return float(cfg.tempo_low + int(probs[:-1].argmax()))
+
+    @torch.no_grad()
+    def prompt_pitch(self, tokens: torch.Tensor, mask: torch.Tensor) -> int | None:
+        """The pitch prior's note (MIDI) for one encoded prompt, where the bundle was trained with pitch hints
+        and the prior hears a steady pitch; otherwise None."""
+        cfg = self.dit.cfg
+        if not cfg.pitch_classes or not self.config.get("pitch_hint"):
+            return None
+        probs = self.dit.pitch_logits(tokens, mask)[0].float().softmax(dim=-1)
+        if float(probs[-1]) >= PITCHED_THRESHOLD:
+            return None
+        return cfg.pitch_low + int(probs[:-1].argmax())
 
     @property
     def default_steps(self) -> int:
@@ -226,11 +245,21 @@ class Generator:
         sampler: str | None = None,
     ) -> GenerationSettings:
         """The checked settings of a call, with the bundle's defaults and a random seed filled in."""
-        if not isinstance(prompt, str) or not prompt.strip():
+        if prompt is not None and not isinstance(prompt, str):
+            raise BadInput(f"The prompt must be text, not {type(prompt).__name__}.")
+        if prompt is None or not any(c.isprintable() and not c.isspace() for c in prompt):
+            # only spaces or invisible characters: the text encoder would see an empty prompt
             raise BadInput("The prompt is empty; describe the sound you want, e.g. 'a warm cello note'.")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise BadInput(
                 f"The prompt is {len(prompt)} characters long; keep it to at most {MAX_PROMPT_CHARS}."
+            )
+        # a null byte or an escape code is never meant, and unsafe in logs and terminals
+        control = next((c for c in prompt if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None)
+        if control is not None:
+            raise BadInput(
+                f"The prompt holds the control character U+{ord(control):04X}; remove it and describe the "
+                "sound in plain text."
             )
         if not _is_number(seconds) or not 0 < seconds <= self.max_seconds:
             raise BadInput(
@@ -268,13 +297,19 @@ class Generator:
         cond = {"text": tokens, "text_mask": mask, "seconds": length}
         uncond = {"text": tokens, "text_mask": torch.zeros_like(mask), "seconds": length}
         self.last_tempo_bpm = self.prompt_tempo(text.tokens, text.mask)
+        self.last_pitch_midi = self.prompt_pitch(text.tokens, text.mask)
+        values, present = torch.zeros(len(CONTROL_NAMES), frames), torch.zeros(len(CONTROL_NAMES), frames)
         if self.last_tempo_bpm is not None:
             values, present = tempo_controls(self.last_tempo_bpm, frames, self.codec.latent_rate)
-            pulse = {
+        if self.last_pitch_midi is not None:
+            hint, hinted = pitch_hint(self.last_pitch_midi, frames)
+            values, present = values + hint, present + hinted  # the two touch different channels
+        if bool(present.any()):
+            given = {
                 "controls": values[None].expand(variations, -1, -1),
                 "control_mask": present[None].expand(variations, -1, -1),
             }
-            cond, uncond = {**cond, **pulse}, {**uncond, **pulse}
+            cond, uncond = {**cond, **given}, {**uncond, **given}
         generators = [torch.Generator().manual_seed(s.seed + i) for i in range(variations)]
         shape = (1, self.codec.channels, frames)
         noise = torch.cat([latent_noise(shape, g, self.noise_offset) for g in generators])

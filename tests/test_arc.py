@@ -513,6 +513,28 @@ def test_arc_loss_leaves_the_batch_untouched(setup):
             assert torch.equal(value, kept[key]), key
 
 
+def test_arc_trains_a_pitched_dit_with_the_base_trainings_pitch_settings(setup):
+    from training.arc_recipe import ArcRecipe
+
+    dit = {**ARC_DIT, "pitch_classes": 12, "pitch_low": 48, "tempo_classes": 10}
+    recipe = ArcRecipe(
+        {
+            "codec": str(setup["codec"]),
+            "segment_frames": 24,
+            "dit": dit,
+            "heldout_clips": 3,
+            "p_pitch_hint": 0.5,
+        },
+        setup["data"],
+    )
+    assert recipe.config["p_pitch_from_text"] == 0.5 and recipe.config["p_pitch_hint"] == 0.5
+    recipe.init = {"bundle": "random weights"}  # no pitched base bundle here: G and D keep their init
+    for step in (0, 1):  # a discriminator step, then a generator step
+        torch.manual_seed(step)
+        loss, _ = recipe.loss(step, [0, 1, 2, 3], recipe.modules())
+        assert torch.isfinite(loss)
+
+
 def test_arc_says_why_it_cannot_run(setup, tmp_path):
     from training.arc_recipe import ArcRecipe
     from training.trainer import train

@@ -170,6 +170,25 @@ def test_the_tempo_prior_decides_whether_and_at_what_bpm_the_beat_control_is_giv
     assert not np.allclose(made["pulse"], made["none"], atol=1e-4)  # the beat control reached the DiT
 
 
+def test_the_pitch_prior_hints_its_note_only_for_bundles_trained_with_hints(bundle):
+    fresh = load_generator(bundle)
+    head = fresh.dit.pitch_prior.out[-1]
+    with torch.no_grad():  # the prior is sure of class 9: MIDI 57 (A3) from pitch_low 48
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[9] = 50.0
+    plain = fresh.generate(PROMPT, seconds=1.0, seed=3).samples
+    assert fresh.last_pitch_midi is None  # the tiny bundle was not trained with hints
+    fresh.config["pitch_hint"] = True
+    hinted = fresh.generate(PROMPT, seconds=1.0, seed=3).samples
+    assert fresh.last_pitch_midi == 57
+    assert not np.allclose(plain, hinted, atol=1e-4)  # the hint reached the DiT
+    with torch.no_grad():
+        head.bias[9], head.bias[12] = 0.0, 50.0  # now sure there is no steady pitch
+    fresh.generate(PROMPT, seconds=1.0, seed=3)
+    assert fresh.last_pitch_midi is None
+
+
 def test_heun_sampler_and_the_step_callback(gen):
     seen = []
     euler = gen.generate(PROMPT, seconds=1.0, seed=3, steps=5, callback=seen.append)

@@ -337,6 +337,41 @@ def test_static_recipe_trains_the_pitch_prior(cached_corpus, tmp_path):
     assert all(abs(r["loss"] - r["loss_rf"] - 0.1 * r["loss_pitch_prior"]) < 1e-3 for r in rows)
 
 
+def test_pitch_hint_is_log_f0_alone_at_the_semitone():
+    from pipelines.controls import CONTROL_NAMES, pitch_hint
+
+    values, mask = pitch_hint(81, 5)
+    f0 = CONTROL_NAMES.index("log_f0")
+    assert values.shape == mask.shape == (8, 5)
+    assert torch.allclose(values[f0], torch.full((5,), np.log2(880.0 / 440.0) / 4))  # the channel's scale
+    assert mask[f0].eq(1).all() and mask.sum() == 5 and values.abs().sum() == values[f0].abs().sum()
+
+
+def test_static_batch_gives_steady_pitches_as_hints(cached_corpus):
+    from pipelines.controls import CONTROL_NAMES, pitch_hint
+    from training.static_recipe import StaticRecipe
+
+    data, codec, _ = cached_corpus
+    dit = {**TINY_DIT, "pitch_classes": 48, "pitch_low": 48}
+    cfg = {"codec": str(codec), "dit": dit, "segment_frames": 32, "p_drop_controls": 0.0}
+    recipe = StaticRecipe({**cfg, "p_pitch_hint": 1.0}, data)
+    ids = [d["id"] for d in recipe.data]
+    torch.manual_seed(0)
+    batch = recipe.batch(list(range(len(ids))))
+    f0, voicing = CONTROL_NAMES.index("log_f0"), CONTROL_NAMES.index("voicing")
+    for i, name in enumerate(ids):
+        n = int(round(float(batch["seconds"][i]) * recipe.codec.latent_rate))
+        if name == "clicks":  # no steady pitch: no hint, and its pitch group stays absent
+            assert batch["control_mask"][i, f0].sum() == 0
+            continue
+        midi = 48 + recipe.data[i]["pitch"]
+        expected = pitch_hint(midi, n)[0][f0]
+        assert torch.allclose(batch["controls"][i, f0, :n], expected)
+        assert batch["control_mask"][i, f0, :n].eq(1).all() and batch["control_mask"][i, voicing].sum() == 0
+    assert recipe.bundle_config()["pitch_hint"] is True
+    assert StaticRecipe(cfg, data).bundle_config()["pitch_hint"] is False
+
+
 def test_static_recipe_trains_the_tempo_prior(cached_corpus, tmp_path):
     from training.static_recipe import TEMPO_UNKNOWN, StaticRecipe
     from training.trainer import train

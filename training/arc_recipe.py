@@ -85,6 +85,9 @@ STATIC_KEYS = (  # the static recipe's settings that ARC uses (its t_mean / t_st
     "p_drop_control_group",
     "p_drop_controls",
     "p_known",
+    "p_pitch_from_text",  # a pitched DiT keeps the base training's pitch input and hints
+    "p_drop_pitch",
+    "p_pitch_hint",
     "preview_steps",
     "preview_guidance",
     "extra_data",
