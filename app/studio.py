@@ -352,6 +352,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             inputs=[prompt, seconds, steps, seed, variations, history],
             outputs=[*players, downloads, used, history, table, takes],
             api_name="generate",
+            preprocess=False,  # the generator's checks say what is wrong, not the sliders' range errors
             show_progress_on=players[0],  # one progress bar (and one error badge), not one per output
             concurrency_id="model",
             concurrency_limit=1,

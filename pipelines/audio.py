@@ -24,6 +24,7 @@ MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 768000
 MAX_SECONDS = 600.0
 MAX_CHANNELS = 2  # more than this is downmixed to stereo on load
+MAX_PEAK = 1000.0  # 60 dB over full scale: no recording, only a broken float file (its squares overflow)
 SILENCE_LUFS = -70.0  # BS.1770's absolute gate: anything quieter reads as silence
 INPUT_FORMATS = (".wav", ".flac", ".ogg", ".mp3")
 # extension -> (libsndfile format, subtype per bit depth; None where the codec has no bit depth)
@@ -60,14 +61,25 @@ class Audio:
 
 
 def validate(audio: Audio, what: str = "The audio") -> None:
-    """Raise BadInput (one sentence starting with `what`) unless `audio` is finite, non-empty and at a sane rate."""
-    assert isinstance(audio.samples, np.ndarray) and audio.samples.ndim == 2, "samples must be [channels, n]"
+    """Raise BadInput (one sentence starting with `what`) unless `audio` is finite, non-empty, within
+    MAX_PEAK of full scale and at a sane rate."""
+    samples = audio.samples
+    if not isinstance(samples, np.ndarray) or samples.ndim != 2:
+        shape = getattr(samples, "shape", type(samples).__name__)
+        raise BadInput(
+            f"{what} must hold samples shaped [channels, n], not {shape}; give mono as samples[None]."
+        )
     _check_rate(audio.sample_rate, what)
     if audio.channels == 0 or audio.frames == 0:
         raise BadInput(f"{what} contains no audio samples; give a file with sound in it.")
-    if not np.isfinite(audio.samples).all():
+    if not np.isfinite(samples).all():
         raise BadInput(
             f"{what} contains NaN or infinite samples; re-export it from the program that made it."
+        )
+    peak = float(np.max(np.abs(samples)))
+    if peak > MAX_PEAK:
+        raise BadInput(
+            f"{what} peaks at {peak:.3g}, more than 60 dB over full scale; normalise it and export it again."
         )
 
 
@@ -127,7 +139,8 @@ def load_audio(
     """Read a wav/flac/ogg/mp3 file, validated, resampled to `sample_rate` and converted to `channels`.
 
     None keeps the file's rate or channel count, except that files with more than two channels are
-    always downmixed to stereo (with a warning).
+    always downmixed to stereo (with a warning). A truncated file is read up to where its data ends,
+    as libsndfile reports it; a file damaged beyond that is one BadInput sentence.
     """
     path = check_input_path(path)
     name = f"'{path.name}'"

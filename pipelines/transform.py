@@ -42,6 +42,8 @@ def parse_keep(keep: str | Iterable[str] | None) -> tuple[str, ...]:
     """ "rhythm,melody" or ("rhythm", "melody") -> the checked, de-duplicated names, in KEEP's order."""
     if keep is None:
         return ()
+    if not isinstance(keep, str | Iterable):
+        raise BadInput(f"keep must name what to keep, e.g. 'rhythm,melody', not {keep!r}.")
     names = keep.split(",") if isinstance(keep, str) else list(keep)
     names = [str(n).strip().lower() for n in names if str(n).strip()]
     unknown = [n for n in names if n not in KEEP]

@@ -58,21 +58,22 @@ class AudioPool:
     corpus and rebuilt when the manifest changes (its sha256 is kept in the index)."""
 
     def __init__(self, data_dir: Path, split: str = "train"):
-        from training.corpus import read_manifest
+        from training.corpus import read_manifest, require_clip_audio
 
         self.data_dir = Path(data_dir)
         cache = self.data_dir / ".cache"
         self.array_path = cache / f"pool_{split}.int16"
         self.index_path = cache / f"pool_{split}.json"
+        records = read_manifest(self.data_dir, split=split)  # BadInput when there is no readable manifest
         manifest_sha = hashlib.sha256((self.data_dir / "manifest.jsonl").read_bytes()).hexdigest()
         index = json.loads(self.index_path.read_text()) if self.index_path.is_file() else {}
         if index.get("manifest_sha256") != manifest_sha or not self.array_path.is_file():
-            records = read_manifest(self.data_dir, split=split)
             if not records:
                 raise BadInput(
                     f"The corpus in {self.data_dir} has no {split} clips (clips are split by a hash of their "
                     "material, about 80% train); add more sounds to it."
                 )
+            require_clip_audio(self.data_dir, records)
             index = self._build(records, manifest_sha)
         self.offsets = np.asarray(index["offsets"], dtype=np.int64)
         self.lengths = np.asarray(index["lengths"], dtype=np.int64)

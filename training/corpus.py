@@ -882,6 +882,17 @@ def read_manifest(directory: Path, split: str | None = None) -> list[dict]:
     return [r for r in records if split is None or r["split"] == split]
 
 
+def require_clip_audio(directory: Path, records: list[dict]) -> None:
+    """BadInput when any record's audio file is missing (a corpus copied in part, or files deleted); said
+    before a reader starts its progress bar or writes anything."""
+    missing = [r["path"] for r in records if not (Path(directory) / r["path"]).is_file()]
+    if missing:
+        raise BadInput(
+            f"{len(missing)} of the {len(records)} clips listed in '{Path(directory) / MANIFEST}' have no audio "
+            f"file (the first is '{missing[0]}'); copy the corpus whole, or rebuild it."
+        )
+
+
 def _clip_records(path: Path, *, tolerate_torn_tail: bool) -> list[dict]:
     """The records of a manifest file, each checked to be a clip record."""
     records = read_jsonl(path, tolerate_torn_tail=tolerate_torn_tail)
@@ -975,7 +986,6 @@ def from_folder(src: Path, out: Path) -> Path:
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in INPUT_FORMATS)
     if not files:
         raise BadInput(f"'{src}' holds no {', '.join(INPUT_FORMATS)} files; add audio files to it first.")
-    (out / "audio").mkdir(parents=True, exist_ok=True)
     table = _table_captions(src)
     records, skipped = [], []
     for path in files:
@@ -1006,6 +1016,7 @@ def from_folder(src: Path, out: Path) -> Path:
         params["caption_source"] = caption_source
         stem = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem)[:40].strip("_") or "clip"
         clip_id = f"{stem}-{hashlib.sha256(relative.encode()).hexdigest()[:8]}"
+        (out / "audio").mkdir(parents=True, exist_ok=True)  # made with the first readable file, not before
         save_audio(audio, out / "audio" / f"{clip_id}.flac")
         material = f"folder:{relative}"
         records.append(
@@ -1021,6 +1032,12 @@ def from_folder(src: Path, out: Path) -> Path:
                 "split": split_of(material),
                 "params": params,
             }
+        )
+    if not records:
+        first = files[0].relative_to(src).as_posix()
+        raise BadInput(
+            f"None of the {len(files)} audio file(s) in '{src}' could be read, starting with '{first}'; "
+            f"re-export them as {', '.join(INPUT_FORMATS)} files."
         )
     write_atomic(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in records))
     write_atomic(out / "skipped.txt", "".join(line + "\n" for line in skipped))

@@ -124,7 +124,7 @@ def encode_corpus(
     older format); returns the cache folder."""
     from tqdm import tqdm
 
-    from training.corpus import read_manifest
+    from training.corpus import read_manifest, require_clip_audio
 
     data_dir = Path(data_dir)
     records = read_manifest(data_dir)
@@ -139,6 +139,7 @@ def encode_corpus(
         records = [rec for rec in records if rec.get("params", {}).get("category") in set(categories)]
     writer = LatentCacheWriter(data_dir, load_codec(codec_path))
     todo = [rec for rec in records if not writer.has(rec["id"])]
+    require_clip_audio(data_dir, todo)
     for rec in tqdm(todo, desc="encoding latents", unit="clip", disable=not progress, mininterval=1.0):
         writer.add_record(rec, load_audio(data_dir / rec["path"]))
     return writer.root
