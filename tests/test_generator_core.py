@@ -252,6 +252,17 @@ def test_a_prompt_prior_learns_a_class_from_the_prompt_tokens(prior):
     assert torch.equal(logits_of(text, mask).argmax(dim=1), target)
 
 
+def test_x0_channels_are_predicted_clean_and_returned_as_velocity():
+    cfg = DiTConfig(**{**TINY.__dict__, "x0_channels": 2})
+    plain, x0 = random_dit(cfg=TINY), random_dit(cfg=cfg)  # the same seed: the same weights
+    x, t, inputs = torch.randn(2, TINY.latent_channels, 9), torch.tensor([0.3, 0.8]), dit_inputs()
+    head = plain(x, t, **inputs)  # what the network computes, read as velocity everywhere
+    v = x0(x, t, **inputs)
+    assert torch.allclose(v[:, :2], head[:, :2], atol=1e-5)
+    # the last two channels: the network's output is x̂0, so x - t v gives it back
+    assert torch.allclose(x[:, 2:] - t[:, None, None] * v[:, 2:], head[:, 2:], atol=1e-5)
+
+
 def test_cat_inputs_fills_a_missing_pitch_as_absent():
     both = cat_inputs({"pitch": torch.tensor([3])}, {"text": None})
     assert both["pitch"].tolist() == [3, PITCH_ABSENT]

@@ -337,6 +337,39 @@ def test_static_recipe_trains_the_pitch_prior(cached_corpus, tmp_path):
     assert all(abs(r["loss"] - r["loss_rf"] - 0.1 * r["loss_pitch_prior"]) < 1e-3 for r in rows)
 
 
+def test_flow_loss_on_x0_channels_is_the_error_of_the_clean_estimate(cached_corpus):
+    from training.static_recipe import StaticRecipe
+
+    data, codec, _ = cached_corpus
+    from dataclasses import replace
+
+    recipe = StaticRecipe({"codec": str(codec), "dit": TINY_DIT}, data)
+    recipe.dit_config = replace(recipe.dit_config, x0_channels=3)  # the tiny codec measures no channels
+    c, frames = recipe.codec.channels, 16
+    x0, eps = torch.randn(2, c, frames), torch.randn(2, c, frames)
+    t = torch.tensor([0.2, 0.9])
+    clean = torch.randn(2, c, frames)  # what a model claims x0 is
+
+    def dit(x, tt, **_):  # a model that returns the velocity of `clean` on every channel
+        return (x - clean) / tt[:, None, None]
+
+    batch = {"x0": x0, "known_mask": torch.zeros(2, 1, frames), "text": None, "text_mask": None}
+    batch.update(seconds=None, controls=None, control_mask=None)
+    torch.manual_seed(0)
+    loss = recipe.flow_loss(dit, batch, t)
+    torch.manual_seed(0)
+    from pipelines.samplers import latent_noise
+
+    eps = latent_noise((2, c, frames), offset=recipe.noise_offset)
+    x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
+    v_err = ((x_t - clean) / t[:, None, None] - (eps - x0)).square()
+    x0_err = (clean - x0).square()
+    expected = (v_err[:, :-3].sum(dim=(1, 2)) + x0_err[:, -3:].sum(dim=(1, 2))) / (c * frames)
+    assert torch.allclose(loss, expected, rtol=1e-4)
+    with pytest.raises(BadInput, match="x0_channels must be 0 for a codec without measured channels"):
+        StaticRecipe({"codec": str(codec), "dit": {**TINY_DIT, "x0_channels": 3}}, data)
+
+
 def test_pitch_hint_is_log_f0_alone_at_the_semitone():
     from pipelines.controls import CONTROL_NAMES, pitch_hint
 

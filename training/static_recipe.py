@@ -44,7 +44,7 @@ import torch
 
 from pipelines.codec import Codec, default_codec_path, load_codec
 from pipelines.controls import CONTROL_GROUPS, CONTROL_NAMES, drop_controls, pitch_hint, steady_pitch
-from pipelines.dit import PITCH_ABSENT, PITCH_FROM_TEXT, PITCH_NONE, DiT, DiTConfig
+from pipelines.dit import PITCH_ABSENT, PITCH_FROM_TEXT, PITCH_NONE, X0_MIN_T, DiT, DiTConfig
 from pipelines.errors import BadInput
 from pipelines.samplers import latent_noise
 from pipelines.text_encoder import DEFAULT_NAME, TextEncoder
@@ -120,10 +120,10 @@ def rf_loss(
     v: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, channel_weight: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Per-sample MSE [B] over the frames with weight 1 (weight [B, 1, T], broadcast over channels), each
-    channel's squared error times `channel_weight` [C] (default 1) and divided by C."""
+    channel's squared error times `channel_weight` ([C] or per sample [B, C]; default 1) and divided by C."""
     err = (v.float() - target).square() * weight
     if channel_weight is not None:
-        err = err * channel_weight[:, None]
+        err = err * channel_weight[..., None]
     return err.sum(dim=(1, 2)) / (weight.sum(dim=(1, 2)) * v.shape[1]).clamp(min=1.0)
 
 
@@ -208,6 +208,14 @@ class StaticRecipe:
                     f"dit.{key} must be {value} to fit the codec and text encoder (got {cfg['dit'][key]})."
                 )
         self.dit_config = DiTConfig(**{**cfg["dit"], **dit})
+        measured = self.codec.cfg.measured_dim
+        if self.dit_config.x0_channels not in (0, measured):
+            which = (
+                f"or the codec's {measured} measured channels"
+                if measured
+                else "for a codec without measured channels"
+            )
+            raise BadInput(f"dit.x0_channels must be 0 {which} (got {self.dit_config.x0_channels}).")
         self.model = DiT(self.dit_config)
         weights = torch.ones(self.codec.channels)
         weights[self.codec.channels - self.codec.cfg.measured_dim :] = float(cfg["measured_weight"])
@@ -452,7 +460,12 @@ class StaticRecipe:
             known_mask=known_mask,
             **({"pitch": batch["pitch"]} if self.dit_config.pitch_classes else {}),
         )
-        return rf_loss(v, eps - x0, 1.0 - known_mask, self.channel_weight)
+        weight = self.channel_weight
+        k = self.dit_config.x0_channels
+        if k:  # x0-predicted channels: their velocity error times t is the error of x̂0, which is the loss
+            weight = weight[None].repeat(len(t), 1)
+            weight[:, -k:] *= t[:, None].float().clamp(min=X0_MIN_T).square()
+        return rf_loss(v, eps - x0, 1.0 - known_mask, weight)
 
     def prior_terms(self, dit: DiT, batch: dict, info: dict) -> torch.Tensor | float:
         """The pitch and tempo priors' weighted losses (0 for a DiT without them); logs each one's loss and
