@@ -180,6 +180,10 @@ class FinalLayer(nn.Module):
 
 
 # `pitch` inputs of DiT.forward, per sample: a class 0..pitch_classes-1, or one of these
+# The x0-predicted channels are the codec's measured level, log-f0 and voicing (the last ones of these when
+# fewer), which the controls measure too: each gets a linear skip from its control (see DiT.control_skip).
+SKIP_CONTROLS = ("loudness", "log_f0", "voicing")
+SKIP_CONTROL_INDEX = (0, 2, 3)  # their places in pipelines.controls.CONTROL_NAMES (kept torch-only here)
 X0_MIN_T = 1e-3  # the x0-predicted channels' velocity (x - x̂0) / t is taken at t >= this
 PITCH_NONE = -3  # replaced by the class index pitch_classes: "no steady pitch" (drums, noise, chords)
 PITCH_ABSENT = -1  # nothing known about the pitch (the unconditional half of CFG)
@@ -232,6 +236,14 @@ class DiT(nn.Module):
             self.pitch_embed = nn.Embedding(cfg.pitch_classes + 2, cfg.dim)
         if cfg.tempo_classes:
             self.tempo_prior = PromptPrior(cfg.dim, cfg.tempo_classes + 1)
+        if cfg.x0_channels:
+            # x̂0 of measured channel j += present_j * (slope_j * control_j + offset_j): the control that
+            # measures the same quantity, joined by a line. The training recipe fits the line on the data
+            # before step 0 (StaticRecipe.fit_control_skip): learnt from zero at Adam's step size the slope
+            # (~4 per control unit) would take ~10k steps, and until then the DiT ignored its pitch controls
+            # (x̂0 moved a quarter-octave for a control an octave up after 1000 steps).
+            assert cfg.x0_channels <= len(SKIP_CONTROLS), "x0_channels: at most the level, log-f0 and voicing"
+            self.control_skip = nn.Parameter(torch.zeros(cfg.x0_channels, 2))  # [slope, offset] per channel
         self.blocks = nn.ModuleList([DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(cfg.dim, cfg.patch, cfg.latent_channels)
         self.initialize_weights()
@@ -331,9 +343,21 @@ class DiT(nn.Module):
         out = out.view(b, n, p, c).permute(0, 3, 1, 2).reshape(b, c, n * p)[..., :n_frames].float()
         k = self.cfg.x0_channels
         if k:
+            x0_hat = out[:, -k:]
+            if controls is not None:
+                x0_hat = x0_hat + self.skip_term(controls, control_mask)
             tt = t.float().reshape(-1, 1, 1).clamp(min=X0_MIN_T)
-            out = torch.cat([out[:, :-k], (x[:, -k:].float() - out[:, -k:]) / tt], dim=1)
+            out = torch.cat([out[:, :-k], (x[:, -k:].float() - x0_hat) / tt], dim=1)
         return out
+
+    def skip_term(self, controls: torch.Tensor, control_mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, x0_channels, T]: the control skip's part of x̂0 (zero where a control is absent)."""
+        k = self.cfg.x0_channels
+        index = list(SKIP_CONTROL_INDEX[-k:])
+        values = controls[:, index].float()
+        present = torch.ones_like(values) if control_mask is None else control_mask[:, index].float()
+        slope, offset = self.control_skip[:, 0, None].float(), self.control_skip[:, 1, None].float()
+        return present * (slope * values + offset)
 
     def hidden_states(
         self,

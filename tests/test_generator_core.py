@@ -254,13 +254,41 @@ def test_a_prompt_prior_learns_a_class_from_the_prompt_tokens(prior):
 
 def test_x0_channels_are_predicted_clean_and_returned_as_velocity():
     cfg = DiTConfig(**{**TINY.__dict__, "x0_channels": 2})
-    plain, x0 = random_dit(cfg=TINY), random_dit(cfg=cfg)  # the same seed: the same weights
+    plain, x0 = random_dit(cfg=TINY), DiT(cfg)
+    missing = x0.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["control_skip"] and not x0.control_skip.any()  # zero: its own test is below
     x, t, inputs = torch.randn(2, TINY.latent_channels, 9), torch.tensor([0.3, 0.8]), dit_inputs()
     head = plain(x, t, **inputs)  # what the network computes, read as velocity everywhere
     v = x0(x, t, **inputs)
     assert torch.allclose(v[:, :2], head[:, :2], atol=1e-5)
     # the last two channels: the network's output is x̂0, so x - t v gives it back
     assert torch.allclose(x[:, 2:] - t[:, None, None] * v[:, 2:], head[:, 2:], atol=1e-5)
+
+
+def test_control_skip_adds_a_line_of_each_present_control_to_its_measured_channel():
+    from pipelines.controls import CONTROL_NAMES
+    from pipelines.dit import SKIP_CONTROL_INDEX, SKIP_CONTROLS
+
+    assert [CONTROL_NAMES.index(n) for n in SKIP_CONTROLS] == list(SKIP_CONTROL_INDEX)
+    cfg = DiTConfig(**{**TINY.__dict__, "x0_channels": 2})  # the last two: log-f0 and voicing
+    dit = random_dit(cfg=cfg)
+    with torch.no_grad():
+        dit.control_skip.copy_(torch.tensor([[2.0, 1.0], [0.0, -3.0]]))
+    x, t, inputs = torch.randn(2, TINY.latent_channels, 9), torch.tensor([0.3, 0.8]), dit_inputs()
+    inputs["control_mask"] = torch.zeros_like(inputs["control_mask"])
+    inputs["control_mask"][0, 2] = 1.0  # sample 0: log-f0 present, voicing absent; sample 1: nothing
+    base = dit.skip_term(inputs["controls"], inputs["control_mask"])
+    assert torch.allclose(base[0, 0], 2.0 * inputs["controls"][0, 2] + 1.0)
+    assert base[0, 1].abs().sum() == 0 and base[1].abs().sum() == 0
+    with torch.no_grad():
+        dit.control_skip.zero_()
+    plain = dit(x, t, **inputs)
+    with torch.no_grad():
+        dit.control_skip.copy_(torch.tensor([[2.0, 1.0], [0.0, -3.0]]))
+    shifted = dit(x, t, **inputs)
+    # x̂0 = x - t v moves by the skip term exactly; the velocity channels do not move
+    moved = (x[:, 2:] - t[:, None, None] * shifted[:, 2:]) - (x[:, 2:] - t[:, None, None] * plain[:, 2:])
+    assert torch.allclose(moved, base, atol=1e-5) and torch.allclose(shifted[:, :2], plain[:, :2])
 
 
 def test_cat_inputs_fills_a_missing_pitch_as_absent():

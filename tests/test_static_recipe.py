@@ -370,6 +370,29 @@ def test_flow_loss_on_x0_channels_is_the_error_of_the_clean_estimate(cached_corp
         StaticRecipe({"codec": str(codec), "dit": {**TINY_DIT, "x0_channels": 3}}, data)
 
 
+def test_control_skip_starts_at_the_least_squares_line_of_the_data(cached_corpus):
+    from dataclasses import replace
+
+    from pipelines.dit import DiT
+    from training.static_recipe import StaticRecipe
+
+    data, codec, _ = cached_corpus
+    recipe = StaticRecipe({"codec": str(codec), "dit": TINY_DIT}, data)
+    recipe.dit_config = replace(recipe.dit_config, x0_channels=3)  # the tiny codec measures no channels
+    dit = DiT(recipe.dit_config)
+    recipe.fit_control_skip(dit)
+    c = recipe.codec.channels
+    for j, control in enumerate((0, 2, 3)):  # loudness, log_f0, voicing -> the last three latent channels
+        xs, ys = [], []
+        for clip in recipe.data:
+            if clip["present"][control]:
+                keep = clip["controls"][3].float() > 0.5 if control == 2 else slice(None)
+                xs.append(clip["controls"][control].float()[keep])
+                ys.append(clip["z"][c - 3 + j].float()[keep])
+        slope, offset = np.polyfit(torch.cat(xs).numpy(), torch.cat(ys).numpy(), 1)
+        assert dit.control_skip[j].tolist() == pytest.approx([slope, offset], rel=1e-3, abs=1e-4)
+
+
 def test_pitch_hint_is_log_f0_alone_at_the_semitone():
     from pipelines.controls import CONTROL_NAMES, pitch_hint
 

@@ -223,6 +223,7 @@ class StaticRecipe:
         self._data: list[dict] | None = None
         self._silence: torch.Tensor | None = None
         self._tempo_pool: list[tuple[str, int]] | None = None
+        self._skip_fitted = False
 
     # ---------------------------------------------------------------- data
 
@@ -417,7 +418,37 @@ class StaticRecipe:
     # ---------------------------------------------------------------- recipe protocol
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        if self.dit_config.x0_channels and not self._skip_fitted:
+            self.fit_control_skip(self.model)
+            self._skip_fitted = True
         return {"dit": self.model}
+
+    @torch.no_grad()
+    def fit_control_skip(self, dit: DiT, clips: int = 400) -> None:
+        """Set the DiT's control skip (pipelines.dit) to the least-squares line from each control to the
+        measured latent channel it measures, over the frames of up to `clips` train clips where that control
+        is present (log-f0 only on frames voiced above 0.5; held pitch in the latent, none in the control,
+        elsewhere). Deterministic: the first clips, no draws."""
+        from pipelines.dit import SKIP_CONTROL_INDEX
+
+        k = self.dit_config.x0_channels
+        for j, control in enumerate(SKIP_CONTROL_INDEX[-k:]):
+            xs, ys = [], []
+            for clip in self.data[:clips]:
+                if not bool(clip["present"][control]):
+                    continue
+                c = clip["controls"][control].float()
+                keep = (
+                    clip["controls"][CONTROL_NAMES.index("voicing")].float() > 0.5 if control == 2 else None
+                )
+                z = clip["z"][self.codec.channels - k + j].float()
+                xs.append(c if keep is None else c[keep])
+                ys.append(z if keep is None else z[keep])
+            x, y = (torch.cat(xs), torch.cat(ys)) if xs else (torch.zeros(0), torch.zeros(0))
+            if x.numel() < 2 or float(x.var()) < 1e-8:
+                continue  # nothing to fit: the skip stays zero and the DiT learns alone
+            slope = float(((x - x.mean()) * (y - y.mean())).mean() / x.var(unbiased=False))
+            dit.control_skip[j] = torch.tensor([slope, float(y.mean()) - slope * float(x.mean())])
 
     def dataset_size(self) -> int:
         return len(self.data)
