@@ -62,9 +62,9 @@ bundles: setup
 # accuracy on the dev set's note prompts (issue 3: >= 40% or change the design before scaling up).
 gonogo: setup
 	$(VENV)/bin/soundloom dataset build --out $(BUNDLE_WORK)/notes --hours 2 --seed 1 --categories note --latents
-	$(VENV)/bin/soundloom train --recipe static --data $(BUNDLE_WORK)/notes --out $(BUNDLE_WORK)/gonogo-run-k \
+	$(VENV)/bin/soundloom train --recipe static --data $(BUNDLE_WORK)/notes --out $(BUNDLE_WORK)/gonogo-run-g \
 		--config training/configs/static_notes.json --resume
-	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/gonogo-run-k --data $(BUNDLE_WORK)/notes \
+	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/gonogo-run-g --data $(BUNDLE_WORK)/notes \
 		--out $(BUNDLE_WORK)/gonogo-bundle
 	grep '"category": "note"' assets/prompts/dev.jsonl > $(BUNDLE_WORK)/note-prompts.jsonl
 	$(VENV)/bin/soundloom eval --model $(BUNDLE_WORK)/gonogo-bundle --prompts $(BUNDLE_WORK)/note-prompts.jsonl \

@@ -79,7 +79,8 @@ class CodecConfig:
         return self.latent_dim - self.measured_dim if self.measured_gain else None
 
 
-PITCH_CHANNELS = 2  # log2(f0 / 256 Hz), voicing
+PITCH_CHANNELS = 2  # log2(f0 / F0_REF_HZ), voicing
+F0_REF_HZ = 256.0  # the log-f0 channel's 0
 HARMONIC_PEAK = (
     0.5  # the loudest one partial may be (linear amplitude; relative to the frame level with measured_gain)
 )
@@ -149,7 +150,7 @@ def pitch_latent(f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
 
     Latent frame j covers STFT frames 2j and 2j + 1 (the encoder's stride-2 conv); log-f0 is their
     voicing-weighted mean, held through unvoiced frames."""
-    log_f0 = hold_voiced(torch.log2(f0 / 256.0), voiced)[:, :-1]
+    log_f0 = hold_voiced(torch.log2(f0 / F0_REF_HZ), voiced)[:, :-1]
     v = voiced[:, :-1]
     b, t = log_f0.shape
     log_f0, v = log_f0.reshape(b, t // 2, 2), v.reshape(b, t // 2, 2)
@@ -169,7 +170,7 @@ def channel_frames(z_raw: torch.Tensor, channel: int, frames: int) -> torch.Tens
 
 def pitch_frames(z_raw: torch.Tensor, frames: int) -> torch.Tensor:
     """f0 in Hz per STFT frame from a raw latent's log-f0 channel: [B, C, T] -> [B, frames]."""
-    return 256.0 * torch.exp2(
+    return F0_REF_HZ * torch.exp2(
         channel_frames(z_raw, -PITCH_CHANNELS, frames).clamp(-4.0, 4.0)
     )  # 16 Hz .. 4 kHz
 
@@ -223,7 +224,7 @@ class Encoder(nn.Module):
         feats = torch.log(mag.clamp(min=1e-5)).flatten(1, 2)
         if self.cfg.harmonics:
             f0, voiced = pitch if pitch is not None else pitch_track(wav, self.cfg)
-            track = torch.stack([torch.log2(f0 / 256.0) * voiced, voiced], dim=1)
+            track = torch.stack([torch.log2(f0 / F0_REF_HZ) * voiced, voiced], dim=1)
             feats = torch.cat([feats, track.to(feats.dtype)], dim=1)
         h = self.down(self.frames(self.inp(feats)))
         h = self.norm(self.latent(h).transpose(1, 2)).transpose(1, 2)

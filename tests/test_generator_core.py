@@ -258,6 +258,7 @@ def test_x0_channels_are_predicted_clean_and_returned_as_velocity():
     missing = x0.load_state_dict(plain.state_dict(), strict=False).missing_keys
     assert missing == ["control_skip"] and not x0.control_skip.any()  # zero: its own test is below
     x, t, inputs = torch.randn(2, TINY.latent_channels, 9), torch.tensor([0.3, 0.8]), dit_inputs()
+    inputs["control_mask"] = torch.zeros_like(inputs["control_mask"])  # no control: no skip (tested below)
     head = plain(x, t, **inputs)  # what the network computes, read as velocity everywhere
     v = x0(x, t, **inputs)
     assert torch.allclose(v[:, :2], head[:, :2], atol=1e-5)
@@ -277,18 +278,22 @@ def test_control_skip_adds_a_line_of_each_present_control_to_its_measured_channe
     x, t, inputs = torch.randn(2, TINY.latent_channels, 9), torch.tensor([0.3, 0.8]), dit_inputs()
     inputs["control_mask"] = torch.zeros_like(inputs["control_mask"])
     inputs["control_mask"][0, 2] = 1.0  # sample 0: log-f0 present, voicing absent; sample 1: nothing
-    base = dit.skip_term(inputs["controls"], inputs["control_mask"])
-    assert torch.allclose(base[0, 0], 2.0 * inputs["controls"][0, 2] + 1.0)
-    assert base[0, 1].abs().sum() == 0 and base[1].abs().sum() == 0
-    with torch.no_grad():
-        dit.control_skip.zero_()
-    plain = dit(x, t, **inputs)
-    with torch.no_grad():
-        dit.control_skip.copy_(torch.tensor([[2.0, 1.0], [0.0, -3.0]]))
-    shifted = dit(x, t, **inputs)
-    # x̂0 = x - t v moves by the skip term exactly; the velocity channels do not move
-    moved = (x[:, 2:] - t[:, None, None] * shifted[:, 2:]) - (x[:, 2:] - t[:, None, None] * plain[:, 2:])
-    assert torch.allclose(moved, base, atol=1e-5) and torch.allclose(shifted[:, :2], plain[:, :2])
+    line, gate = dit.skip_term(inputs["controls"], inputs["control_mask"])
+    assert torch.allclose(line[0, 0], 2.0 * inputs["controls"][0, 2] + 1.0)
+    assert line[0, 1].abs().sum() == 0 and line[1].abs().sum() == 0
+    # the log-f0 line alone where log-f0 is given and voicing is not (the pitch hint); nowhere else
+    assert gate[0, 0].eq(1).all() and gate[0, 1].eq(0).all() and gate[1].eq(0).all()
+    plain = dit(x, t, **{**inputs, "control_mask": torch.zeros_like(inputs["control_mask"])})
+    hinted = dit(x, t, **inputs)
+    x0_hat = x[:, 2:] - t[:, None, None] * hinted[:, 2:]
+    assert torch.allclose(x0_hat[0, 0], line[0, 0], atol=1e-5)  # exact: the network has no say
+    assert torch.allclose(hinted[1], plain[1], atol=1e-6)  # nothing given: the network alone
+    # with the voicing control given, only its voiced frames take the line alone
+    voiced = dict(inputs, control_mask=inputs["control_mask"].clone(), controls=inputs["controls"].clone())
+    voiced["control_mask"][0, 3] = 1.0
+    voiced["controls"][0, 3] = torch.tensor([1.0, 0.0] * 4 + [1.0])
+    _, gate = dit.skip_term(voiced["controls"], voiced["control_mask"])
+    assert gate[0, 0].tolist() == [1.0, 0.0] * 4 + [1.0]
 
 
 def test_cat_inputs_fills_a_missing_pitch_as_absent():

@@ -425,14 +425,23 @@ class StaticRecipe:
 
     @torch.no_grad()
     def fit_control_skip(self, dit: DiT, clips: int = 400) -> None:
-        """Set the DiT's control skip (pipelines.dit) to the least-squares line from each control to the
-        measured latent channel it measures, over the frames of up to `clips` train clips where that control
-        is present (log-f0 only on frames voiced above 0.5; held pitch in the latent, none in the control,
-        elsewhere). Deterministic: the first clips, no draws."""
+        """Set the DiT's control skip (pipelines.dit) to the line from each control to the measured latent
+        channel it measures: for log-f0 the exact one the two definitions give, for level and voicing the
+        least-squares line over the frames of up to `clips` train clips where that control is present.
+        Deterministic: the first clips, no draws."""
+        from pipelines.codec import F0_REF_HZ
         from pipelines.dit import SKIP_CONTROL_INDEX
 
         k = self.dit_config.x0_channels
         for j, control in enumerate(SKIP_CONTROL_INDEX[-k:]):
+            if control == CONTROL_NAMES.index("log_f0"):
+                # exact by definitions: control log2(f0 / 440) / 4, latent log2(f0 / F0_REF_HZ) normalised
+                # (a least-squares line is biased by the trackers' disagreements: slope 2.62 for 2.70)
+                channel = self.codec.channels - k + j
+                mean = float(self.codec.model.latent_mean[channel])
+                std = float(self.codec.model.latent_std[channel])
+                dit.control_skip[j] = torch.tensor([4.0 / std, (np.log2(440.0 / F0_REF_HZ) - mean) / std])
+                continue
             xs, ys = [], []
             for clip in self.data[:clips]:
                 if not bool(clip["present"][control]):
