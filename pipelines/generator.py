@@ -146,10 +146,8 @@ class Generator:
         cfg = self.dit.cfg
         if not cfg.tempo_classes:
             return None
-        probs = self.dit.tempo_logits(tokens, mask)[0].float().softmax(dim=-1)
-        if float(probs[-1]) >= PULSE_THRESHOLD:
-            return None
-        return float(cfg.tempo_low + int(probs[:-1].argmax()))
+        k = _prior_pick(self.dit.tempo_logits(tokens, mask), PULSE_THRESHOLD)
+        return None if k is None else float(cfg.tempo_low + k)
 
     @torch.no_grad()
     def prompt_pitch(self, tokens: torch.Tensor, mask: torch.Tensor) -> int | None:
@@ -158,10 +156,8 @@ class Generator:
         cfg = self.dit.cfg
         if not cfg.pitch_classes or not self.config.get("pitch_hint"):
             return None
-        probs = self.dit.pitch_logits(tokens, mask)[0].float().softmax(dim=-1)
-        if float(probs[-1]) >= PITCHED_THRESHOLD:
-            return None
-        return cfg.pitch_low + int(probs[:-1].argmax())
+        k = _prior_pick(self.dit.pitch_logits(tokens, mask), PITCHED_THRESHOLD)
+        return None if k is None else cfg.pitch_low + k
 
     @property
     def default_steps(self) -> int:
@@ -359,6 +355,13 @@ def tempo_controls(bpm: float, frames: int, frame_rate: float) -> tuple[torch.Te
     present[list(CONTROL_GROUPS["beat"])] = 1.0
     present = present.expand(-1, frames).contiguous()
     return torch.from_numpy(controls.values).float() * present, present
+
+
+def _prior_pick(logits: torch.Tensor, none_threshold: float) -> int | None:
+    """A prompt prior's most likely class for one prompt (logits [1, classes + 1]), or None where the last
+    class ("none") has at least `none_threshold` of the probability."""
+    probs = logits[0].float().softmax(dim=-1)
+    return None if float(probs[-1]) >= none_threshold else int(probs[:-1].argmax())
 
 
 def _is_number(value) -> bool:

@@ -224,6 +224,7 @@ class StaticRecipe:
         self._silence: torch.Tensor | None = None
         self._tempo_pool: list[tuple[str, int]] | None = None
         self._skip_fitted = False
+        self._tempo_known: list[int] | None = None
 
     # ---------------------------------------------------------------- data
 
@@ -530,7 +531,9 @@ class StaticRecipe:
         n = self.config["tempo_prior_captions"]
         pool = self._tempo_pool or []
         n_pool = n // 2 if pool else 0
-        known = [i for i, d in enumerate(self.data) if d["tempo"] != TEMPO_UNKNOWN]
+        if self._tempo_known is None:  # the clips whose tempo is known never change within a run
+            self._tempo_known = [i for i, d in enumerate(self.data) if d["tempo"] != TEMPO_UNKNOWN]
+        known = self._tempo_known
         n_data = (n - n_pool) if known else 0
         clips = torch.randint(0, max(1, len(known)), (n_data,)).tolist()
         picks = torch.rand(n_data).tolist()
