@@ -617,6 +617,7 @@ def _eval(args: argparse.Namespace) -> int:
         max_prompts=args.max_prompts,
         split=args.split,
         json_out=json_out,
+        update_card=args.update_card,
     )
     return 0
 
@@ -929,6 +930,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument(
         "--max-prompts", type=_positive_int, metavar="N", help="evenly spaced subset, for quick runs"
+    )
+    p.add_argument(
+        "--update-card", action="store_true", help="record the headline figures in the bundle's model card"
     )
 
     p = verb("bench", "measure speed and quality", _bench)

@@ -376,10 +376,25 @@ def test_eval_end_to_end_with_a_fake_generator(capsys, tmp_path, prompts_file, m
     monkeypatch.setattr(pipelines.generator, "load_generator", lambda path: FakeGenerator())
     monkeypatch.setattr(pipelines.bundle, "ASSETS_DIR", tmp_path / "no-assets")  # no bundled judge
     out = tmp_path / "eval" / "report.json"
+    hash_before = pipelines.bundle.bundle_hash(model)
     code, stdout, err = run_main(
-        capsys, "eval", "--model", model, "--prompts", prompts_file, "--steps", "4", "--json", out
+        capsys,
+        "eval",
+        "--model",
+        model,
+        "--prompts",
+        prompts_file,
+        "--steps",
+        "4",
+        "--json",
+        out,
+        "--update-card",
     )
     assert code == 0, err
+    card = pipelines.bundle.read_model_json(Path(model))["card"]
+    assert card["data_dir"] == str(data) and card["eval"]["headline"]["fill_rate"] == 1.0
+    assert card["eval"]["config"]["steps"] == 4 and "generations" not in card["eval"]
+    assert pipelines.bundle.bundle_hash(model) == hash_before  # the card is documentation, not the model
     assert "fills the request" in stdout and "judge-space figures are null" in stdout
     report = json.loads(out.read_text())
     config = report["config"]

@@ -75,6 +75,30 @@ def test_text_encoder_cache_is_bounded(encoder, monkeypatch):
     assert list(encoder._cache) == ["three", "four", "five"]
 
 
+def test_text_encoder_warm_encodes_once_in_equal_length_batches(encoder, monkeypatch):
+    prompts = [
+        "a dry snare hit",
+        "a dry snare hit",
+        "a glassy pad swelling slowly over a low drone",
+        "hum",
+        "",
+    ]
+    alone = {p: encoder.encode([p]) for p in prompts if p}
+    encoder._cache.clear()
+    shapes = []
+    run = encoder._run
+    monkeypatch.setattr(encoder, "_run", lambda batch: shapes.append(len(batch)) or run(batch))
+    assert encoder.warm(prompts, batch=2) == 3 and encoder.warm(prompts) == 0  # distinct, non-empty, once
+    assert sorted(shapes) == [1, 1, 1]  # three different token counts: no prompt was padded
+    hits = encoder.hits
+    for p, emb in alone.items():
+        again = encoder.encode([p])
+        assert torch.allclose(again.tokens, emb.tokens, atol=1e-4) and torch.allclose(
+            again.pooled, emb.pooled, atol=1e-5
+        )
+    assert encoder.hits == hits + 3
+
+
 def test_similar_prompts_are_closer_than_unrelated_ones(encoder):
     warm, soft, rain = encoder.encode(
         ["a warm cello note", "a cello playing softly", "heavy rain on a roof"]

@@ -550,8 +550,12 @@ def run(
     max_prompts: int | None = None,
     split: str = "test",
     json_out: Path | str | None = None,
+    update_card: bool = False,
 ) -> dict:
     """Everything `soundloom eval` does: check the inputs, measure the reference, generate, grade, report.
+
+    With `update_card`, the headline, the real clips' ceiling and the settings go into the bundle's model
+    card under "eval" (the per-generation rows stay in the JSON).
 
     Inputs are checked before anything heavy loads. Without `judge_path` the bundled judge
     (assets/judge) is used when it exists; without it the judge-space figures are None, with a note.
@@ -648,6 +652,12 @@ def run(
     if json_out is not None:
         write_atomic(json_out, json.dumps(_jsonable(report), indent=2) + "\n")
         print(f"wrote {json_out}")
+    if update_card:
+        from pipelines.bundle import update_card as write_card
+
+        card = {key: report[key] for key in ("config", "headline", "ceiling", "notes", "wall_time_s")}
+        write_card(model, {"eval": _jsonable(card)})
+        print(f"recorded the figures in {model / 'model.json'}")
     return report
 
 
