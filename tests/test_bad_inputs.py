@@ -231,7 +231,7 @@ def test_cli_refuses_in_one_line_and_writes_nothing(cli, files, tmp_path, argv, 
     code, stdout, err = cli(*(a.format(**vars(files), out=made / "o.wav", out_dir=made / "d") for a in argv))
     assert needle in one_sentence(assert_one_line_error(code, err).removeprefix("error: "))
     assert stdout == ""
-    assert files_under(made) == []  # a training run's folder may be made, but it holds no file
+    assert list(made.iterdir()) == []  # not even an empty run or corpus folder is left behind
     assert not (files.missing_clip / "latents").exists()  # no latent cache was begun
 
 

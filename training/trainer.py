@@ -356,11 +356,17 @@ class RunFolder:
         self._control_key: tuple | None = None
         self._command: str | None = None
         self._metrics = None
-        if writer:
-            path.mkdir(parents=True, exist_ok=True)
+        # the folder is made by the first write (config.json, once the recipe has read its data), so a
+        # run refused for bad data or settings leaves no empty run folder behind
 
     def write_json(self, name: str, data: dict) -> None:
         if self.writer:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BadInput(
+                    f"Cannot create the run folder {self.path} ({e.strerror or e}); choose another --out."
+                ) from None
             write_atomic(self.path / name, json.dumps(data, indent=1) + "\n")
 
     def clear_control(self) -> None:
