@@ -6,8 +6,11 @@ Every file a user hands us enters through `load_audio` and every file we write l
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,24 +147,34 @@ def load_audio(
     """
     path = check_input_path(path)
     name = f"'{path.name}'"
-    try:
-        info = sf.info(str(path))
-    except (sf.SoundFileError, RuntimeError) as e:
-        raise BadInput(
-            f"Could not read '{path}' as audio ({_reason(e)}); give a {_list(INPUT_FORMATS)} file."
-        ) from e
-    _check_rate(info.samplerate, name)
-    if max_seconds is not None and info.frames > max_seconds * info.samplerate:
-        raise BadInput(
-            f"{name} is {info.frames / info.samplerate:.1f} s long, more than the {max_seconds:g} s limit; "
-            "trim it or raise the limit."
+    # libmpg123 prints its complaints straight to file descriptor 2: caught here, and a cut-short file
+    # becomes one warning instead of C-library lines on the user's terminal
+    with _decoder_messages(path.suffix.lower() == ".mp3") as messages:
+        try:
+            info = sf.info(str(path))
+        except (sf.SoundFileError, RuntimeError) as e:
+            raise BadInput(
+                f"Could not read '{path}' as audio ({_reason(e)}); give a {_list(INPUT_FORMATS)} file."
+            ) from e
+        _check_rate(info.samplerate, name)
+        if max_seconds is not None and info.frames > max_seconds * info.samplerate:
+            raise BadInput(
+                f"{name} is {info.frames / info.samplerate:.1f} s long, more than the {max_seconds:g} s "
+                "limit; trim it or raise the limit."
+            )
+        try:
+            data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        except (sf.SoundFileError, RuntimeError) as e:
+            raise BadInput(
+                f"Could not decode '{path}' ({_reason(e)}); the file may be damaged, so re-export it."
+            ) from e
+    if any(marker in "".join(messages) for marker in _CUT_SHORT):
+        warnings.warn(
+            f"{name} looks cut short (its header promises more audio than the file holds); "
+            f"only the {data.shape[0] / sr:.2f} s that are there were read.",
+            UserWarning,
+            stacklevel=2,
         )
-    try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as e:
-        raise BadInput(
-            f"Could not decode '{path}' ({_reason(e)}); the file may be damaged, so re-export it."
-        ) from e
     audio = Audio(np.ascontiguousarray(data.T), int(sr))
     validate(audio, what=name)
     if audio.channels > MAX_CHANNELS:
@@ -179,7 +192,38 @@ def load_audio(
 def _reason(error: Exception) -> str:
     """libsndfile's own words for a failure, without the trailing full stop."""
     text = getattr(error, "error_string", None) or str(error)
+    if "does not exist or is not a regular file" in text:  # said of files that exist but hold no frame
+        return "no audio frame in it could be decoded"
     return text.strip().rstrip(".") or type(error).__name__
+
+
+# what libmpg123 says when a file ends before its header says it should
+_CUT_SHORT = ("stream size off", "Cannot read next header", "premature end")
+
+
+@contextlib.contextmanager
+def _decoder_messages(catch: bool):
+    """Yields a list that, once the block ends, holds what C code wrote to file descriptor 2 inside it
+    (only when `catch`: the redirect is process-wide, so it is kept to the decoders that need it)."""
+    messages: list[str] = []
+    if not catch:
+        yield messages
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (a detached daemon): nothing to catch
+        yield messages
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            messages.append(sink.read().decode("utf-8", "replace"))
 
 
 def save_audio(audio: Audio, path: str | os.PathLike, *, bit_depth: int = 16) -> Path:

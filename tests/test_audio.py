@@ -192,6 +192,22 @@ def test_mp3_at_an_unsupported_rate_is_resampled(tmp_path, signals):
     assert back.sample_rate == 48000
 
 
+def test_cut_short_mp3_is_one_warning_and_no_decoder_noise(tmp_path, signals, capfd):
+    whole = save_audio(Audio(signals.sine(seconds=3.0), 44100), tmp_path / "whole.mp3").read_bytes()
+    (tmp_path / "cut.mp3").write_bytes(whole[: len(whole) // 3])
+    (tmp_path / "stub.mp3").write_bytes(whole[:300])
+    capfd.readouterr()
+    with pytest.warns(UserWarning, match=r"'cut.mp3' looks cut short .* only the 0\.\d\d s that are there"):
+        cut = load_audio(tmp_path / "cut.mp3")
+    assert 0.5 < cut.seconds < 1.5
+    with pytest.raises(BadInput, match=r"\(no audio frame in it could be decoded\)"):
+        load_audio(tmp_path / "stub.mp3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the whole file reads without a word
+        assert load_audio(tmp_path / "whole.mp3").seconds > 2.9
+    assert capfd.readouterr().err == ""  # libmpg123's own lines were caught
+
+
 def test_resample_48k_to_44k_keeps_frequency(write_audio, signals):
     path = write_audio("s48.wav", signals.sine(1000.0, seconds=1.0, sample_rate=48000), sample_rate=48000)
     a = load_audio(path)
