@@ -622,6 +622,32 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from pipelines.bundle import ASSETS_DIR
+    from training.experiment import ARMS, Experiment
+
+    out = _output_dir(args.out, "--out")
+    data = _existing_dir(args.data, "--data")
+    judge = _existing_dir(args.judge, "--judge") if args.judge else ASSETS_DIR / "judge"
+    prompts = _existing_file(args.prompts or str(ASSETS_DIR / "prompts" / "dev.jsonl"), "--prompts")
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else tuple(ARMS)
+    Experiment(
+        out,
+        data,
+        prompts=prompts,
+        judge=judge,
+        steps=args.steps,
+        seeds=args.seeds,
+        eval_every=args.eval_every,
+        eval_prompts=args.eval_prompts,
+        eval_steps=args.eval_steps,
+        final_prompts=args.final_prompts,
+        final_steps=args.final_steps,
+        arms=arms,
+    ).run()
+    return 0
+
+
 def _bundle_export(args: argparse.Namespace) -> int:
     run = _existing_dir(args.run, "--run")
     data = _existing_dir(args.data, "--data")
@@ -906,11 +932,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
 
-    p = verb("experiment", "run a recipe comparison", _not_yet("experiment"))
+    p = verb("experiment", "run a recipe comparison", _experiment)
     p.add_argument("name", choices=["stage-adaptive"])
-    p.add_argument("--steps", type=_positive_int)
-    p.add_argument("--seeds", type=_positive_int)
+    p.add_argument("--steps", type=_positive_int, default=1200, help="steps of every run (default 1200)")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--data", default=".cache/bundles/corpus", metavar="DIR", help="corpus with its latent cache"
+    )
+    p.add_argument("--judge", default=None, metavar="BUNDLE", help="judge embedder (default: assets/judge)")
+    p.add_argument(
+        "--prompts", default=None, metavar="FILE", help="prompts (default: assets/prompts/dev.jsonl)"
+    )
+    p.add_argument("--arms", default=None, metavar="A,B", help="a subset of the arms, comma-separated")
+    p.add_argument("--eval-every", type=_positive_int, metavar="N", help="steps between cheap evaluations")
+    p.add_argument("--eval-prompts", type=_positive_int, default=12, metavar="N")
+    p.add_argument("--eval-steps", type=_positive_int, default=16, metavar="N")
+    p.add_argument("--final-prompts", type=_positive_int, metavar="N", help="default: every prompt")
+    p.add_argument("--final-steps", type=_positive_int, default=50, metavar="N")
 
     p = verb("eval", "evaluate a model", _eval)
     model(p, required=True)

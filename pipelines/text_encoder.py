@@ -55,6 +55,11 @@ def mean_pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return F.normalize(summed / weights.sum(dim=1).clamp(min=1.0), dim=-1)
 
 
+# (tokenizer, model) by folder: loading costs ~1 s, and one process may make many generators (an eval per
+# checkpoint in `soundloom experiment`, the studio's model switches); each TextEncoder keeps its own cache
+_LOADED: dict[str, tuple] = {}
+
+
 class TextEncoder:
     """A transformers encoder with its tokenizer, truncation and a per-prompt cache."""
 
@@ -91,6 +96,11 @@ class TextEncoder:
             raise BadInput(
                 f"Text encoder folder {source} does not exist; give a folder holding a transformers model."
             )
+        key = str(folder.resolve()) if folder.is_dir() else source
+        if key in _LOADED:  # the weights are only read: every encoder of one process shares them
+            tokenizer, model = _LOADED[key]
+            limit = getattr(tokenizer, "model_max_length", max_tokens) or max_tokens
+            return cls(tokenizer, model, name=source, max_tokens=min(max_tokens, limit), cache_size=cache_size)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             model = AutoModel.from_pretrained(
@@ -106,6 +116,7 @@ class TextEncoder:
             ) from None
         if getattr(model.config, "is_encoder_decoder", False):
             model = model.get_encoder()  # T5-style: only the encoder reads the prompt
+        _LOADED[key] = (tokenizer, model.eval().requires_grad_(False))
         limit = getattr(tokenizer, "model_max_length", max_tokens) or max_tokens
         return cls(tokenizer, model, name=source, max_tokens=min(max_tokens, limit), cache_size=cache_size)
 

@@ -551,11 +551,13 @@ def run(
     split: str = "test",
     json_out: Path | str | None = None,
     update_card: bool = False,
+    verbose: bool = True,
 ) -> dict:
     """Everything `soundloom eval` does: check the inputs, measure the reference, generate, grade, report.
 
     With `update_card`, the headline, the real clips' ceiling and the settings go into the bundle's model
-    card under "eval" (the per-generation rows stay in the JSON).
+    card under "eval" (the per-generation rows stay in the JSON). `verbose=False` draws no progress bars
+    and prints no table (for callers that run many evaluations, such as `soundloom experiment`).
 
     Inputs are checked before anything heavy loads. Without `judge_path` the bundled judge
     (assets/judge) is used when it exists; without it the judge-space figures are None, with a note.
@@ -591,10 +593,10 @@ def run(
         from pipelines.embedders import load_embedder
 
         judge, judge_key = load_embedder(judge_path), bundle_hash(judge_path)
-    reference = reference_set(data_dir, judge, judge_key=judge_key, split=split, progress=True)
+    reference = reference_set(data_dir, judge, judge_key=judge_key, split=split, progress=verbose)
     train = None
     if judge is not None:
-        train = embed_train_split(data_dir, judge, judge_key=judge_key, progress=True)
+        train = embed_train_split(data_dir, judge, judge_key=judge_key, progress=verbose)
         if train is None:
             notes.append(f"the corpus in {data_dir} has no train clips, so the memorisation share is null.")
 
@@ -612,7 +614,12 @@ def run(
     from tqdm import tqdm
 
     with tqdm(
-        total=len(prompts) * samples, desc="generating", unit="clip", file=sys.stderr, mininterval=1.0
+        total=len(prompts) * samples,
+        desc="generating",
+        unit="clip",
+        file=sys.stderr,
+        mininterval=1.0,
+        disable=not verbose,
     ) as bar:
         report = evaluate(
             generate_fn,
@@ -648,7 +655,8 @@ def run(
         key: report[key]
         for key in ("config", "headline", "ceiling", "by_category", "notes", "wall_time_s", "generations")
     }
-    print(format_report(report))
+    if verbose:
+        print(format_report(report))
     if json_out is not None:
         write_atomic(json_out, json.dumps(_jsonable(report), indent=2) + "\n")
         print(f"wrote {json_out}")

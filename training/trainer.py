@@ -53,6 +53,7 @@ from training.checkpoint import (
     latest_good_checkpoint,
     list_checkpoints,
     prune_checkpoints,
+    read_checkpoint,
     restore_checkpoint,
     save_checkpoint,
     set_aside_newer,
@@ -841,15 +842,25 @@ class RunSnapshot:
     recipe_state: dict | None = None  # the recipe's own state (recipe.state_dict()), when it keeps one
 
 
-def load_run_for_export(run_dir: Path | str) -> RunSnapshot:
-    """Read the newest checkpoint of a run that verifies (warning about damaged newer ones)."""
+def load_run_for_export(run_dir: Path | str, step: int | None = None) -> RunSnapshot:
+    """Read the newest checkpoint of a run that verifies (warning about damaged newer ones), or the
+    checkpoint of `step`."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise BadInput(
             f"{run_dir} is not a training run folder (config.json is missing); pass the --out of a train run."
         )
     record = read_json_file(run_dir / "config.json", "run config")
-    found = latest_good_checkpoint(run_dir / "checkpoints")
+    if step is None:
+        found = latest_good_checkpoint(run_dir / "checkpoints")
+    else:
+        path = dict(list_checkpoints(run_dir / "checkpoints")).get(step)
+        if path is None:
+            raise BadInput(f"The run {run_dir} has no checkpoint of step {step}; pick one it kept.")
+        try:
+            found = (path, *read_checkpoint(path))
+        except ValueError as e:
+            raise BadInput(f"The checkpoint {path} is damaged ({e}); pick another step.") from None
     if found is None:
         raise BadInput(
             f"The run {run_dir} has no readable checkpoint to export; train it for some steps first."
@@ -869,10 +880,13 @@ def load_run_for_export(run_dir: Path | str) -> RunSnapshot:
     )
 
 
-def export_run(run_dir: Path | str, out_dir: Path | str, *, data_dir: Path | str | None = None) -> Path:
-    """Write a bundle from the EMA weights of a run's newest good checkpoint through its recipe's export()."""
+def export_run(
+    run_dir: Path | str, out_dir: Path | str, *, data_dir: Path | str | None = None, step: int | None = None
+) -> Path:
+    """Write a bundle from the EMA weights of a run's newest good checkpoint (or that of `step`) through
+    its recipe's export()."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    run = load_run_for_export(run_dir)
+    run = load_run_for_export(run_dir, step)
     config = TrainConfig.from_dict(run.config, str(run.path / "state.json"))
     recipe = build_recipe(run.recipe_name, config, Path(data_dir) if data_dir else run.data_dir)
     if not hasattr(recipe, "export"):
