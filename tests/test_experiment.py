@@ -190,3 +190,17 @@ def test_the_target_needs_every_seed(setup, tmp_path):
     assert summary["paired"]["random-threshold"]["wins"] == 1  # seed 1: 6 against 4.5
     assert summary["target"]["seeds_fast_enough"] == [0, 1] and summary["target"]["met"] is False
     assert experiment.write_report(exp).read_text().count("Target not met") == 1
+
+
+def test_cli_says_what_is_missing_in_one_line(setup, tmp_path, capsys):
+    import app.cli as cli
+
+    out = tmp_path / "exp"
+    argv = ["experiment", "stage-adaptive", "--out", str(out), "--data", str(setup["data"])]
+    code = cli.main([*argv, "--judge", str(tmp_path / "nojudge")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--judge" in err[0] and "does not exist" in err[0]
+    code = cli.main([*argv, "--judge", str(setup["judge"]), "--steps", "10", "--eval-every", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: --steps (10) must be a multiple of the evaluation interval (3)."]
+    assert not out.exists()
