@@ -55,7 +55,8 @@ bundles: setup
 		--config training/configs/static.json --set 'recipe.extra_data=["$(BUNDLE_WORK)/notes"]' --resume
 	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/static-run --data $(BUNDLE_WORK)/corpus --out assets/generator
 	$(VENV)/bin/soundloom eval --model assets/generator --prompts assets/prompts/dev.jsonl --data $(BUNDLE_WORK)/corpus \
-		--json $(BUNDLE_WORK)/bench/generator-eval.json
+		--json $(BUNDLE_WORK)/bench/generator-eval.json --update-card
+	$(VENV)/bin/soundloom bench generate --model assets/generator --json $(BUNDLE_WORK)/bench/generate.json
 
 # The generator's go/no-go: 30 minutes of the static recipe on pitched notes alone (a corpus of 2 hours of
 # single notes, ~2000 clips, so every pitch is heard with many instruments and phrasings), then pitch
