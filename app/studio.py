@@ -10,6 +10,10 @@ wires components to handlers; `launch` / `run_studio` serve it with the safety d
 unless told otherwise, one generation at a time through a bounded queue, files served only from
 the output folder, which may not hold the home folder, uploads capped, no fetching of URLs for
 clients).
+
+Tabs and their API names (the CLI's verbs): Generate (/generate), Transform (/transform), Voice
+(/voice), Beats (/beats), Edit (/extend and /repaint). A tab that takes a file reads it only from
+Gradio's upload folder: what a client names as a path is never opened.
 """
 
 from __future__ import annotations
@@ -34,12 +38,15 @@ from dataclasses import asdict, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
 
+from pipelines import edit, loops, transform, voice  # noqa: E402
 from pipelines.atomic_files import write_atomic  # noqa: E402
-from pipelines.audio import load_audio, save_audio  # noqa: E402
+from pipelines.audio import INPUT_FORMATS, load_audio, save_audio  # noqa: E402
 from pipelines.bundle import read_model_json  # noqa: E402
+from pipelines.conditioned import pipeline_record  # noqa: E402
 from pipelines.errors import BadInput  # noqa: E402
 from pipelines.generator import (  # noqa: E402
     Generator,
@@ -60,6 +67,11 @@ FALLBACK_MAX_SECONDS = 47.0  # DiTConfig's default, for a bundle whose model.jso
 SEED_RANGE = 2**31
 RANDOM_SEED = -1  # the seed box's "draw one for me"
 REMOTE_FILE = re.compile(r"/file[=/]https?:", re.IGNORECASE)  # Gradio's file routes given a URL
+METERS = ("4/4", "3/4", "6/8", "2/4", "5/4", "7/8", "12/8")  # the Beats tab's choices; others can be typed
+DEFAULT_BPM = 120
+DEFAULT_BARS = 4
+DEFAULT_EXTEND_SECONDS = 2.0
+UPLOAD_KINDS = ", ".join(INPUT_FORMATS[:-1]) + " or " + INPUT_FORMATS[-1]
 
 
 def default_outputs() -> Path:
@@ -138,8 +150,7 @@ class Studio:
             if self._generator is None:
                 progress(0, desc="loading the model")
             gen = self.generator()
-            steps, seed, variations = _whole(steps), _whole(seed), _whole(variations)
-            seed = None if seed == RANDOM_SEED else seed  # the generator draws one and reports it
+            steps, seed, variations = _whole(steps), _seed(seed), _whole(variations)
             if isinstance(variations, int) and not 1 <= variations <= MAX_TAKES:
                 raise BadInput(
                     f"variations must be between 1 and {MAX_TAKES} in the studio, not {variations}."
@@ -155,8 +166,9 @@ class Studio:
                 )
                 used = gen.last_settings
                 elapsed = time.perf_counter() - started
-            stems = self._stems(used, len(takes))
-            wavs = self._write(takes, stems, ".wav", used, gen)
+            stems = self._stems(used.prompt, used.seed, len(takes))
+            records = [settings_record(replace(used, seed=used.seed + i), gen) for i in range(len(takes))]
+            wavs = self._write(takes, stems, ".wav", records)
 
         record = {
             **asdict(used),
@@ -172,7 +184,7 @@ class Studio:
         yield outputs
 
         with _said_in_one_sentence():
-            others = [p for ext in FORMATS[1:] for p in self._write(takes, stems, ext, used, gen)]
+            others = [p for ext in FORMATS[1:] for p in self._write(takes, stems, ext, records)]
         entry["files"] = entry["files"] + [str(p) for p in others]
         players = [str(p) for p in wavs] + [None] * (MAX_TAKES - len(wavs))  # plain: API clients get paths
         yield (*players, entry["files"], *outputs[MAX_TAKES + 1 :])
@@ -210,10 +222,159 @@ class Studio:
     def random_seed() -> int:
         return secrets.randbelow(SEED_RANGE)
 
+    # -------------------------------------------------------- the pipeline tabs
+    # Each yields (player, downloads, settings) twice, as `generate` does: the wav first, then with its
+    # flac and mp3 copies. Files come from Gradio's upload folder only (`_uploaded`).
+
+    def transform(self, audio, prompt, strength, keep, seed, steps, progress=gr.Progress()):
+        """Restyle an uploaded sound with a prompt (pipelines.transform)."""
+        with _said_in_one_sentence():
+            path = _uploaded(audio)
+            if path is None:
+                raise BadInput(f"No sound to transform was uploaded; upload a {UPLOAD_KINDS} file.")
+            source = load_audio(path)
+        steps = _whole(steps)
+
+        def make(gen, callback, info):
+            return transform.transform(
+                gen,
+                source,
+                prompt,
+                strength=strength,
+                keep=keep,
+                seed=_seed(seed),
+                steps=steps,
+                callback=callback,
+                info=info,
+            )
+
+        yield from self._make("transform", make, steps, path, progress)
+
+    def voice(self, recording, midi, prompt, seed, steps, progress=gr.Progress()):
+        """The sound a prompt names, performed by a recorded or uploaded voice, or a MIDI file (pipelines.voice)."""
+        with _said_in_one_sentence():
+            given = [p for p in (_uploaded(recording), _uploaded(midi)) if p is not None]
+            if not given:
+                raise BadInput("No voice was given; record one, or upload a recording or a MIDI file.")
+            if len(given) > 1:
+                raise BadInput("Both a recording and a MIDI file were given; clear the one not to use.")
+        path, steps = given[0], _whole(steps)
+
+        def make(gen, callback, info):  # voice reads the path: a MIDI file, or audio through load_audio
+            return voice.voice(gen, path, prompt, seed=_seed(seed), steps=steps, callback=callback, info=info)
+
+        yield from self._make("voice", make, steps, path, progress)
+
+    def beats(self, prompt, bpm, bars, meter, key, loop, align_to, seed, steps, progress=gr.Progress()):
+        """Bars on an exact tempo grid, optionally a loop or aligned to an uploaded track (pipelines.loops)."""
+        with _said_in_one_sentence():
+            path = _uploaded(align_to)
+            track = load_audio(path) if path is not None else None
+        key = None if key is None or (isinstance(key, str) and not key.strip()) else key  # blank: no key
+        steps = _whole(steps)
+
+        def make(gen, callback, info):
+            return loops.beats(
+                gen,
+                prompt,
+                bars=_whole(bars),
+                bpm=bpm,
+                meter=meter,
+                key=key,
+                loop=bool(loop),
+                align_to=track,
+                seed=_seed(seed),
+                steps=steps,
+                callback=callback,
+                info=info,
+            )
+
+        yield from self._make("beats", make, steps, path, progress)
+
+    def extend(self, audio, prompt, seconds, seed, steps, progress=gr.Progress()):
+        """An uploaded sound followed by `seconds` more of the prompt (pipelines.edit)."""
+        with _said_in_one_sentence():
+            path = _uploaded(audio)
+            if path is None:
+                raise BadInput(f"No sound to extend was uploaded; upload a {UPLOAD_KINDS} file.")
+            source = load_audio(path)
+        steps = _whole(steps)
+
+        def make(gen, callback, info):
+            return edit.extend(
+                gen,
+                source,
+                prompt,
+                seconds=seconds,
+                seed=_seed(seed),
+                steps=steps,
+                callback=callback,
+                info=info,
+            )
+
+        yield from self._make("extend", make, steps, path, progress)
+
+    def repaint(self, audio, prompt, start, end, seed, steps, progress=gr.Progress()):
+        """An uploaded sound with [start, end) seconds made afresh for the prompt (pipelines.edit)."""
+        with _said_in_one_sentence():
+            path = _uploaded(audio)
+            if path is None:
+                raise BadInput(f"No sound to repaint was uploaded; upload a {UPLOAD_KINDS} file.")
+            source = load_audio(path)
+        steps = _whole(steps)
+
+        def make(gen, callback, info):
+            return edit.repaint(
+                gen,
+                source,
+                prompt,
+                start=start,
+                end=end,
+                seed=_seed(seed),
+                steps=steps,
+                callback=callback,
+                info=info,
+            )
+
+        yield from self._make("repaint", make, steps, path, progress)
+
+    @staticmethod
+    def edit_mode(mode: str):
+        """The Edit tab's controls for `mode`: (extend's, repaint's) visibility."""
+        return gr.update(visible=mode != "repaint"), gr.update(visible=mode == "repaint")
+
+    def _make(self, verb: str, make, steps, source: Path | None, progress):
+        """Run `make(gen, callback, info)`, one generation at a time, and write its take as the CLI does,
+        with the pipeline's settings record beside each file (`source`: the uploaded file's name)."""
+        with _said_in_one_sentence():
+            if self._generator is None:
+                progress(0, desc="loading the model")
+            gen = self.generator()
+            total = steps if isinstance(steps, int) and steps > 0 else gen.default_steps
+            info: dict = {}
+            with self._run_lock:
+                started = time.perf_counter()
+
+                def on_step(state: dict) -> None:  # long beats and extensions restart it per window
+                    progress((int(state["i"]) + 1, total), desc="sampling", unit="steps")
+
+                take = make(gen, on_step, info)
+                elapsed = time.perf_counter() - started
+            record = pipeline_record({**info, "source": source.name if source else None}, gen)
+            stems = self._stems(info["prompt"], info["seed"], 1, verb)
+            wavs = self._write([take], stems, ".wav", [record])
+        shown = {**record, "generation_time_s": round(elapsed, 3)}
+        yield str(wavs[0]), [str(wavs[0])], shown
+
+        with _said_in_one_sentence():
+            others = [p for ext in FORMATS[1:] for p in self._write([take], stems, ext, [record])]
+        yield str(wavs[0]), [str(p) for p in (*wavs, *others)], shown
+
     # -------------------------------------------------------- files
 
-    def _stems(self, used, count: int) -> list[Path]:
-        """Where take i goes in the output folder, less its extension: time, prompt and seed in the name."""
+    def _stems(self, prompt: str, seed: int, count: int, verb: str | None = None) -> list[Path]:
+        """Where take i goes in the output folder, less its extension: time, verb (pipelines), prompt
+        and seed in the name."""
         try:
             self.outputs.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -222,16 +383,16 @@ class Studio:
                 "with --outputs pointing at a folder you can write."
             ) from None
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
-        slug = re.sub(r"[^a-z0-9]+", "-", used.prompt.lower()).strip("-")[:40] or "sound"
-        return [self.outputs / f"{stamp}_{slug}_seed{used.seed + i}" for i in range(count)]
+        slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "sound"
+        slug = f"{verb}-{slug}" if verb else slug
+        return [self.outputs / f"{stamp}_{slug}_seed{seed + i}" for i in range(count)]
 
-    def _write(self, takes, stems: list[Path], ext: str, used, gen: Generator) -> list[Path]:
-        """Each take as `ext`, with its settings file beside it (`soundloom generate --from` remakes it)."""
+    def _write(self, takes, stems: list[Path], ext: str, records: list[dict]) -> list[Path]:
+        """Each take as `ext`, with its settings record beside it (as the CLI writes them)."""
         paths = []
-        for i, (audio, stem) in enumerate(zip(takes, stems)):
+        for audio, stem, record in zip(takes, stems, records):
             path = stem.with_name(stem.name + ext)
             save_audio(audio, path)
-            record = settings_record(replace(used, seed=used.seed + i), gen)
             write_atomic(settings_path(path), json.dumps(record, indent=2) + "\n")
             paths.append(path)
         return paths
@@ -240,6 +401,31 @@ class Studio:
 def _whole(value):
     """A float with no fraction as an int (sliders and JSON clients send 4.0); anything else unchanged."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _seed(value):
+    """The seed box's value for a pipeline: -1 is None (the generator draws one and reports it)."""
+    value = _whole(value)
+    return None if value == RANDOM_SEED else value
+
+
+def _uploaded(value) -> Path | None:
+    """The file a client uploaded (a FileData dict, or its path), None when none was given.
+
+    Gradio already refuses FileData outside its upload folder; this holds for direct calls too and
+    after symlinks are followed, so a path a client names is never opened unless Gradio stored it."""
+    path = value.get("path") if isinstance(value, dict) else value
+    if path is None or path == "":
+        return None
+    if not isinstance(path, str | os.PathLike):
+        raise BadInput(f"A file input must be an uploaded file, not {type(path).__name__}; upload the file.")
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(os.path.realpath(get_upload_folder())) or not real.is_file():
+        raise BadInput(
+            f"'{Path(path).name}' is not a file uploaded to the studio; upload it through the page "
+            "(or gradio_client's handle_file)."
+        )
+    return real
 
 
 def _players(wavs: list[Path]) -> list:
@@ -347,15 +533,12 @@ def build_app(studio: Studio) -> gr.Blocks:
             )
 
         dice.click(studio.random_seed, outputs=seed, queue=False, api_visibility="private")
-        made = run.click(
+        made = _run_event(
+            run,
             studio.generate,
-            inputs=[prompt, seconds, steps, seed, variations, history],
-            outputs=[*players, downloads, used, history, table, takes],
-            api_name="generate",
-            preprocess=False,  # the generator's checks say what is wrong, not the sliders' range errors
-            show_progress_on=players[0],  # one progress bar (and one error badge), not one per output
-            concurrency_id="model",
-            concurrency_limit=1,
+            [prompt, seconds, steps, seed, variations, history],
+            [*players, downloads, used, history, table, takes],
+            "generate",
         )
         made.success(studio.plot, inputs=takes, outputs=picture, api_visibility="private")
         table.select(
@@ -365,7 +548,155 @@ def build_app(studio: Studio) -> gr.Blocks:
             queue=False,
             api_visibility="private",
         )
+
+        _transform_tab(studio)
+        _voice_tab(studio)
+        _beats_tab(studio)
+        _edit_tab(studio)
     return demo
+
+
+def _run_event(button: gr.Button, handler, inputs: list, outputs: list, api_name: str):
+    """A click that runs a generation: queued behind any other (one model, one at a time), named for API
+    clients, its progress and errors shown on the first output."""
+    return button.click(
+        handler,
+        inputs=inputs,
+        outputs=outputs,
+        api_name=api_name,
+        preprocess=False,  # the pipelines' checks say what is wrong, not the sliders' range errors
+        show_progress_on=outputs[0],  # one progress bar (and one error badge), not one per output
+        concurrency_id="model",
+        concurrency_limit=1,
+    )
+
+
+def _prompt(verb: str, placeholder: str) -> gr.Textbox:
+    return gr.Textbox(label="prompt", placeholder=placeholder, lines=2, max_lines=6, elem_id=f"{verb}-prompt")
+
+
+def _seed_and_steps(studio: Studio, verb: str) -> tuple[gr.Number, gr.Slider]:
+    """The seed box with its dice and the steps slider, as on the Generate tab."""
+    with gr.Row(equal_height=True):
+        seed = gr.Number(RANDOM_SEED, label="seed (-1: random)", precision=0, scale=3)
+        dice = gr.Button("new seed", scale=1, min_width=90, elem_id=f"{verb}-dice")
+        steps = gr.Slider(
+            1,
+            max(200, studio.default_steps),
+            value=studio.default_steps,
+            step=1,
+            precision=0,
+            label="steps",
+            scale=3,
+        )
+    dice.click(studio.random_seed, outputs=seed, queue=False, api_visibility="private")
+    return seed, steps
+
+
+def _result(verb: str, *, loop: bool = False) -> list:
+    """The result column of a pipeline tab: [player, downloads, settings used]."""
+    return [
+        gr.Audio(
+            label="result",
+            type="filepath",
+            interactive=False,
+            buttons=["download"],
+            loop=loop,
+            elem_id=f"{verb}-take",
+        ),
+        gr.File(label="downloads: wav, flac, mp3", file_count="multiple", interactive=False),
+        gr.JSON(label="settings used"),
+    ]
+
+
+def _upload(label: str, elem_id: str, sources: list[str] | None = None) -> gr.Audio:
+    return gr.Audio(label=label, sources=sources or ["upload"], type="filepath", elem_id=elem_id)
+
+
+def _transform_tab(studio: Studio) -> None:
+    with gr.Tab("Transform"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                source = _upload("sound to transform", "transform-source")
+                prompt = _prompt("transform", "a glassy marimba")
+                strength = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=transform.DEFAULT_STRENGTH,
+                    step=0.05,
+                    label="strength (0: the source as it is, 1: the prompt alone)",
+                )
+                keep = gr.CheckboxGroup(list(transform.KEEP), value=[], label="keep from the source")
+                seed, steps = _seed_and_steps(studio, "transform")
+                run = gr.Button("Transform", variant="primary", elem_id="transform")
+            with gr.Column(scale=3):
+                result = _result("transform")
+    _run_event(run, studio.transform, [source, prompt, strength, keep, seed, steps], result, "transform")
+
+
+def _voice_tab(studio: Studio) -> None:
+    with gr.Tab("Voice"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                recording = _upload("voice: record or upload", "voice-source", ["microphone", "upload"])
+                midi = gr.File(
+                    label="or a MIDI file",
+                    file_types=list(voice.MIDI_SUFFIXES),
+                    type="filepath",
+                    elem_id="voice-midi",
+                )
+                prompt = _prompt("voice", "a soft flute")
+                seed, steps = _seed_and_steps(studio, "voice")
+                run = gr.Button("Perform", variant="primary", elem_id="voice")
+            with gr.Column(scale=3):
+                result = _result("voice")
+    _run_event(run, studio.voice, [recording, midi, prompt, seed, steps], result, "voice")
+
+
+def _beats_tab(studio: Studio) -> None:
+    with gr.Tab("Beats"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                prompt = _prompt("beats", "a tight funk drum loop")
+                with gr.Row():
+                    bpm = gr.Number(DEFAULT_BPM, label="bpm (empty: the track's)", min_width=100)
+                    bars = gr.Number(DEFAULT_BARS, label="bars", precision=0, min_width=100)
+                    meter = gr.Dropdown(
+                        list(METERS), value=METERS[0], label="meter", allow_custom_value=True, min_width=100
+                    )
+                    key = gr.Textbox(label="key (optional)", placeholder="A minor", min_width=100)
+                loop = gr.Checkbox(True, label="loop: the end runs on into the start")
+                track = _upload("track to align to (optional: its tempo and downbeat)", "beats-track")
+                seed, steps = _seed_and_steps(studio, "beats")
+                run = gr.Button("Make bars", variant="primary", elem_id="beats")
+            with gr.Column(scale=3):
+                result = _result("beats", loop=True)
+    _run_event(run, studio.beats, [prompt, bpm, bars, meter, key, loop, track, seed, steps], result, "beats")
+
+
+def _edit_tab(studio: Studio) -> None:
+    with gr.Tab("Edit"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                source = _upload("sound to edit", "edit-source")
+                prompt = _prompt("edit", "the rain keeps falling")
+                seed, steps = _seed_and_steps(studio, "edit")
+                mode = gr.Radio(["extend", "repaint"], value="extend", label="edit", elem_id="edit-mode")
+                with gr.Column(visible=True) as extending:
+                    seconds = gr.Number(DEFAULT_EXTEND_SECONDS, label="seconds to add")
+                    run_extend = gr.Button("Extend", variant="primary", elem_id="extend")
+                with gr.Column(visible=False) as repainting:
+                    with gr.Row():
+                        start = gr.Number(0.5, label="repaint from (s)")
+                        end = gr.Number(1.5, label="to (s)")
+                    run_repaint = gr.Button("Repaint", variant="primary", elem_id="repaint")
+            with gr.Column(scale=3):
+                result = _result("edit")
+    mode.change(
+        studio.edit_mode, inputs=mode, outputs=[extending, repainting], queue=False, api_visibility="private"
+    )
+    _run_event(run_extend, studio.extend, [source, prompt, seconds, seed, steps], result, "extend")
+    _run_event(run_repaint, studio.repaint, [source, prompt, start, end, seed, steps], result, "repaint")
 
 
 # ---------------------------------------------------------------- serving

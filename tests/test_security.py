@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 import gradio.route_utils as gradio_route_utils
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -317,11 +318,14 @@ def test_prompts_that_look_like_paths_write_only_into_the_output_folder(site):
     assert outside_after == outside_before and not list(Path("/tmp").glob("escape*"))
 
 
-def test_only_generate_is_offered_to_api_clients(site):
+API_NAMES = ["/generate", "/transform", "/voice", "/beats", "/extend", "/repaint"]  # DESIGN.md: the verbs
+
+
+def test_only_the_verbs_are_offered_to_api_clients(site):
     from gradio_client import Client
 
     api = Client(site.url, verbose=False).view_api(print_info=False, return_format="dict")
-    assert list(api["named_endpoints"]) == ["/generate"] and api["unnamed_endpoints"] == {}
+    assert list(api["named_endpoints"]) == API_NAMES and api["unnamed_endpoints"] == {}
 
 
 def test_events_take_their_paths_from_the_server_not_from_the_client(site):
@@ -344,6 +348,82 @@ def test_events_take_their_paths_from_the_server_not_from_the_client(site):
                 break
     assert site.studio.plotted and all(str(site.secret) not in (t or []) for t in site.studio.plotted)
     assert all("/etc/passwd" not in (t or []) for t in site.studio.plotted)
+
+
+# Every input that takes a file, as its event's data with FILE where the file goes: the other inputs are
+# good, so a file that got through would be read and a sound made from it.
+FILE = object()
+FILE_INPUTS = {
+    "transform source": ("transform", [FILE, "a bell", 0.5, [], 1, 2]),
+    "voice recording": ("voice", [FILE, None, "a flute", 1, 2]),
+    "voice midi": ("voice", [None, FILE, "a flute", 1, 2]),
+    "beats track": ("beats", ["drums", 120, 1, "4/4", "", False, FILE, 1, 2]),
+    "extend source": ("extend", [FILE, "more", 0.5, 1, 2]),
+    "repaint source": ("repaint", [FILE, "a bell", 0.2, 0.6, 1, 2]),
+}
+FILE_ATTACKS = {  # what a client sends where a file goes ({sound}: a real sound outside the upload folder)
+    "absolute": {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}},
+    "relative": {"path": "../../etc/passwd", "meta": {"_type": "gradio.FileData"}},
+    "a sound outside": {"path": "{sound}", "meta": {"_type": "gradio.FileData"}},
+    "a link in the upload folder": {"path": "{link}", "meta": {"_type": "gradio.FileData"}},
+    "a bare path": "{sound}",
+    "no meta": {"path": "{sound}"},
+}
+
+
+def queue_call(site, api_name: str, data: list) -> dict:
+    """One event through the queue as a browser sends it; the process_completed message."""
+    fn = next(fn for fn in site.demo.fns.values() if fn.api_name == api_name)
+    session = "attack-" + secrets.token_hex(4)
+    body = {"data": data, "fn_index": fn._id, "session_hash": session, "event_data": None, "trigger_id": None}
+    headers = {"Content-Type": "application/json"}
+    status, _ = fetch(f"{site.url}gradio_api/queue/join", data=json.dumps(body).encode(), headers=headers)
+    assert status == 200
+    with urllib.request.urlopen(f"{site.url}gradio_api/queue/data?session_hash={session}", timeout=60) as r:
+        for line in r:
+            if b"process_completed" in line:
+                return json.loads(line.decode().removeprefix("data:"))
+    raise AssertionError("the event never completed")
+
+
+@pytest.fixture(scope="module")
+def planted(site):
+    """A sound outside the upload folder, and a link to it planted inside the upload folder."""
+    sound = site.root / "private.wav"
+    sf.write(sound, 0.3 * np.sin(np.linspace(0, 2000, SR))[:, None].repeat(2, 1), SR)
+    link = site.uploads / "planted" / "take.wav"
+    link.parent.mkdir()
+    link.symlink_to(sound)
+    return SimpleNamespace(sound=sound, link=link)
+
+
+@pytest.mark.parametrize("attack", list(FILE_ATTACKS))
+@pytest.mark.parametrize("target", list(FILE_INPUTS))
+def test_file_inputs_open_nothing_but_uploads(site, planted, monkeypatch, target, attack):
+    import pipelines.voice as voice_module
+
+    opened: list[str] = []
+
+    def recording(real):
+        def read(path, *args, **kwargs):
+            opened.append(str(path))
+            return real(path, *args, **kwargs)
+
+        return read
+
+    monkeypatch.setattr(studio_module, "load_audio", recording(studio_module.load_audio))
+    monkeypatch.setattr(voice_module, "load_audio", recording(voice_module.load_audio))
+    monkeypatch.setattr(voice_module, "midi_controls", recording(voice_module.midi_controls))
+    api_name, data = FILE_INPUTS[target]
+    sent = json.loads(json.dumps(FILE_ATTACKS[attack]).replace("{sound}", str(planted.sound)))
+    sent = json.loads(json.dumps(sent).replace("{link}", str(planted.link)))
+    before = sorted(site.outputs.rglob("*"))
+
+    done = queue_call(site, api_name, [sent if x is FILE else x for x in data])
+    assert done["success"] is False, done
+    assert opened == [] and sorted(site.outputs.rglob("*")) == before
+    assert b"root:" not in json.dumps(done).encode()
+    assert fetch(site.url + "config")[0] == 200  # the server is up
 
 
 # ---------------------------------------------------------------- bundles: safetensors and JSON only
