@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: gonogo setup test test-all lint format studio bundles
+.PHONY: gonogo setup test test-all lint format studio bundles bundle-codec bundle-generator
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,41 +35,48 @@ test: setup lint
 test-all: setup lint
 	$(VENV)/bin/pytest -q -m ""
 
-# Rebuilds every bundled model from scratch (resumable: rerun after an interruption).
+# Rebuilds every bundled model from scratch (resumable: rerun after an interruption). `bundle-codec` and
+# `bundle-generator` are its two halves; the second uses the codec in assets/codec.
 BUNDLE_WORK ?= .cache/bundles
-bundles: setup
-	$(VENV)/bin/soundloom dataset build --out $(BUNDLE_WORK)/corpus --hours 3 --seed 0
-	$(VENV)/bin/soundloom train --recipe codec --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/codec-run-i \
+SL := $(VENV)/bin/soundloom
+bundles: bundle-codec bundle-generator
+
+bundle-codec: setup
+	$(SL) dataset build --out $(BUNDLE_WORK)/corpus --hours 3 --seed 0
+	$(SL) train --recipe codec --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/codec-run-i \
 		--config training/configs/codec.json --resume
-	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/codec-run-i --data $(BUNDLE_WORK)/corpus --out assets/codec
-	$(VENV)/bin/soundloom bench codec --data $(BUNDLE_WORK)/corpus --json $(BUNDLE_WORK)/bench/codec.json --update-card
-	$(VENV)/bin/soundloom dataset encode $(BUNDLE_WORK)/corpus
-	$(VENV)/bin/soundloom train --recipe judge-embedder --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/judge-run \
+	$(SL) bundle export --run $(BUNDLE_WORK)/codec-run-i --data $(BUNDLE_WORK)/corpus --out assets/codec
+	$(SL) bench codec --data $(BUNDLE_WORK)/corpus --json $(BUNDLE_WORK)/bench/codec.json --update-card
+
+bundle-generator: setup
+	$(SL) dataset build --out $(BUNDLE_WORK)/corpus --hours 3 --seed 0
+	$(SL) dataset encode $(BUNDLE_WORK)/corpus
+	$(SL) train --recipe judge-embedder --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/judge-run \
 		--config training/configs/judge_embedder.json --resume
-	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/judge-run --data $(BUNDLE_WORK)/corpus --out assets/judge
-	$(VENV)/bin/soundloom train --recipe ssl-embedder --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/ssl-run \
+	$(SL) bundle export --run $(BUNDLE_WORK)/judge-run --data $(BUNDLE_WORK)/corpus --out assets/judge
+	$(SL) train --recipe ssl-embedder --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/ssl-run \
 		--config training/configs/ssl_embedder.json --resume
-	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/ssl-run --data $(BUNDLE_WORK)/corpus --out assets/ssl-embedder
-	$(VENV)/bin/soundloom dataset build --out $(BUNDLE_WORK)/notes --hours 2 --seed 1 --categories note --latents
-	$(VENV)/bin/soundloom train --recipe static --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/static-run \
+	$(SL) bundle export --run $(BUNDLE_WORK)/ssl-run --data $(BUNDLE_WORK)/corpus --out assets/ssl-embedder
+	$(SL) dataset build --out $(BUNDLE_WORK)/notes --hours 2 --seed 1 --categories note --latents
+	$(SL) train --recipe static --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/static-run \
 		--config training/configs/static.json --set 'recipe.extra_data=["$(BUNDLE_WORK)/notes"]' --resume
-	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/static-run --data $(BUNDLE_WORK)/corpus --out assets/generator
-	$(VENV)/bin/soundloom eval --model assets/generator --prompts assets/prompts/dev.jsonl --data $(BUNDLE_WORK)/corpus \
+	$(SL) bundle export --run $(BUNDLE_WORK)/static-run --data $(BUNDLE_WORK)/corpus --out assets/generator
+	$(SL) eval --model assets/generator --prompts assets/prompts/dev.jsonl --data $(BUNDLE_WORK)/corpus \
 		--json $(BUNDLE_WORK)/bench/generator-eval.json --update-card
-	$(VENV)/bin/soundloom bench generate --model assets/generator --json $(BUNDLE_WORK)/bench/generate.json
+	$(SL) bench generate --model assets/generator --json $(BUNDLE_WORK)/bench/generate.json
 
 # The generator's go/no-go: 30 minutes of the static recipe on pitched notes alone (a corpus of 2 hours of
 # single notes, ~2000 clips, so every pitch is heard with many instruments and phrasings), then pitch
 # accuracy on the dev set's note prompts (issue 3: >= 40% or change the design before scaling up).
 gonogo: setup
-	$(VENV)/bin/soundloom dataset build --out $(BUNDLE_WORK)/notes --hours 2 --seed 1 --categories note --latents
-	$(VENV)/bin/soundloom train --recipe static --data $(BUNDLE_WORK)/notes --out $(BUNDLE_WORK)/gonogo-run-g \
+	$(SL) dataset build --out $(BUNDLE_WORK)/notes --hours 2 --seed 1 --categories note --latents
+	$(SL) train --recipe static --data $(BUNDLE_WORK)/notes --out $(BUNDLE_WORK)/gonogo-run-g \
 		--config training/configs/static_notes.json --resume
-	$(VENV)/bin/soundloom bundle export --run $(BUNDLE_WORK)/gonogo-run-g --data $(BUNDLE_WORK)/notes \
+	$(SL) bundle export --run $(BUNDLE_WORK)/gonogo-run-g --data $(BUNDLE_WORK)/notes \
 		--out $(BUNDLE_WORK)/gonogo-bundle
 	grep '"category": "note"' assets/prompts/dev.jsonl > $(BUNDLE_WORK)/note-prompts.jsonl
-	$(VENV)/bin/soundloom eval --model $(BUNDLE_WORK)/gonogo-bundle --prompts $(BUNDLE_WORK)/note-prompts.jsonl \
+	$(SL) eval --model $(BUNDLE_WORK)/gonogo-bundle --prompts $(BUNDLE_WORK)/note-prompts.jsonl \
 		--data $(BUNDLE_WORK)/notes --json $(BUNDLE_WORK)/bench/gonogo-eval.json
 
 studio: setup
-	$(VENV)/bin/soundloom studio
+	$(SL) studio

@@ -100,7 +100,9 @@ class TextEncoder:
         if key in _LOADED:  # the weights are only read: every encoder of one process shares them
             tokenizer, model = _LOADED[key]
             limit = getattr(tokenizer, "model_max_length", max_tokens) or max_tokens
-            return cls(tokenizer, model, name=source, max_tokens=min(max_tokens, limit), cache_size=cache_size)
+            return cls(
+                tokenizer, model, name=source, max_tokens=min(max_tokens, limit), cache_size=cache_size
+            )
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             model = AutoModel.from_pretrained(
