@@ -54,9 +54,13 @@ bundle-generator: setup
 	$(SL) train --recipe judge-embedder --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/judge-run \
 		--config training/configs/judge_embedder.json --resume
 	$(SL) bundle export --run $(BUNDLE_WORK)/judge-run --data $(BUNDLE_WORK)/corpus --out assets/judge
+	$(SL) eval --model assets/judge --data $(BUNDLE_WORK)/corpus --json $(BUNDLE_WORK)/bench/judge-eval.json \
+		--update-card
 	$(SL) train --recipe ssl-embedder --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/ssl-run \
 		--config training/configs/ssl_embedder.json --resume
 	$(SL) bundle export --run $(BUNDLE_WORK)/ssl-run --data $(BUNDLE_WORK)/corpus --out assets/ssl-embedder
+	$(SL) eval --model assets/ssl-embedder --data $(BUNDLE_WORK)/corpus --json $(BUNDLE_WORK)/bench/ssl-eval.json \
+		--update-card
 	$(SL) dataset build --out $(BUNDLE_WORK)/notes --hours 2 --seed 1 --categories note --latents
 	$(SL) train --recipe static --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/static-run \
 		--config training/configs/static.json --set 'recipe.extra_data=["$(BUNDLE_WORK)/notes"]' --resume

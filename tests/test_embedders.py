@@ -323,6 +323,30 @@ def test_judge_recipe_learns_on_half_b_and_exports_a_bundle(corpus, tmp_path):
     assert sim.shape == (4, 4)
     assert (sim.argmax(dim=1) == torch.arange(4)).sum() >= 2  # trained: most clips nearest their caption
 
+    # held-out figures (`soundloom eval` on an embedder bundle), here on the train split for want of a test one
+    from training.embedder_eval import run as eval_embedder
+
+    figures = eval_embedder(bundle, data, split="train", update_card=True, verbose=False)
+    assert figures["clips"] == 16 and figures["chance_r1"] == 1 / 16
+    assert figures["audio_to_text_r1"] > figures["chance_r1"]  # 4 kinds, one caption list each: ties allowed
+    assert json.loads((bundle / "model.json").read_text())["card"]["eval"] == figures
+    with pytest.raises(BadInput, match="fewer than 2"):
+        eval_embedder(bundle, data, split="val", verbose=False)
+
+
+def test_retrieval_figures_on_planted_embeddings():
+    from training.embedder_eval import retrieval_figures
+
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(64, 32), dim=1)
+    audio = torch.nn.functional.normalize(text + 0.05 * torch.randn(64, 32), dim=1)
+    cats = [str(i % 4) for i in range(64)]
+    aligned = retrieval_figures(audio, text, cats)
+    assert aligned["audio_to_text_r1"] == aligned["text_to_audio_r1"] == aligned["group16_r1"] == 1.0
+    assert aligned["category_match"] == 1.0
+    shuffled = retrieval_figures(audio, text[torch.randperm(64)], cats)
+    assert shuffled["audio_to_text_r1"] < 0.1 and shuffled["group16_r1"] < 0.3
+
 
 def test_recipes_refuse_bad_settings_and_missing_latents(corpus, tmp_path):
     data, codec = corpus
