@@ -11,18 +11,22 @@ import torch
 from torch import Tensor, nn
 
 from pipelines.bundle import save_bundle
+from training.trainer import sample_seed
 
 
 class ToyRecipe:
     """A small MLP regressing a fixed random function; example i's data is a pure function of i (for tests).
 
-    Config: dim, hidden, size (examples), noise (input noise from the per-step RNG), data_seed, and
-    step_delay_s (sleep in every loss, so tests can catch a run mid-flight).
+    Config: dim, hidden, size (examples), noise (input noise, drawn for each example from
+    `sample_seed(seed, step, index)`, so any process layout sees the same), data_seed, and step_delay_s
+    (sleep in every loss, so tests can catch a run mid-flight).
     """
 
     name = "toy"
+    devices = ("cpu", "cuda", "mps")
 
     def __init__(self, config: dict, data_dir: Path):
+        self.seed = int(config.get("seed", 0))
         self.dim = int(config.get("dim", 8))
         self.hidden = int(config.get("hidden", 32))
         self.size = int(config.get("size", 256))
@@ -56,14 +60,19 @@ class ToyRecipe:
         if self.step_delay_s:
             time.sleep(self.step_delay_s)
         x, y = (torch.stack(t) for t in zip(*(self.example(i) for i in indices)))
-        x = x + self.noise * torch.randn_like(x)
+        noise = [
+            torch.randn(self.dim, generator=torch.Generator().manual_seed(sample_seed(self.seed, step, i)))
+            for i in indices
+        ]
+        device = next(modules["model"].parameters()).device
+        x, y = (x + self.noise * torch.stack(noise)).to(device), y.to(device)
         pred = modules["model"](x).float()
         loss = torch.nn.functional.mse_loss(pred, y)
         return loss, {"mae": float((pred - y).abs().mean().detach())}
 
     def preview(self, step: int, modules: dict[str, nn.Module], out_dir: Path) -> None:
         x, y = self.example(0)
-        pred = modules["model"](x[None])[0]
+        pred = modules["model"](x[None].to(next(modules["model"].parameters()).device))[0].cpu()
         (out_dir / "preview.json").write_text(
             json.dumps({"step": step, "pred": pred.tolist(), "target": y.tolist()})
         )

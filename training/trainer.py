@@ -7,8 +7,15 @@ A run folder holds `config.json`, `metrics.jsonl` (one JSON record per logged st
 
 Randomness is a pure function of the step: the examples of step s are `batch_indices(seed, s, rank,
 world_size, ...)` and the torch/numpy/random generators are reseeded with `step_seed(seed, s, rank)`
-before every `loss()`, so a resumed run (or another process layout) sees exactly the same data and
-noise. Files are written by rank 0 only, so several processes can share a run folder later.
+before every `loss()`, so a resumed run sees exactly the same data and noise. A recipe that draws each
+example's noise from `sample_seed(seed, s, index)` (as `toy` does) sees the same in any process layout.
+
+Under torchrun (RANK and WORLD_SIZE in the environment) several processes train one run together (see
+training/distributed.py): `batch_size` is the global batch, split evenly over the processes; every
+process follows rank 0's settings, checkpoint and control-file commands; gradients are averaged over the
+processes after backward, so clipping, the optimizer(s) and the EMA see the same numbers everywhere and
+the weights stay equal; the loss and metrics logged are the means over the processes; and only rank 0
+touches the run folder (config, checkpoints, metrics, status, control, previews).
 
 Adversarial recipes split their modules into optimizer groups (`recipe.optimizer_groups()`), each with
 its own AdamW on the same lr schedule (times `recipe.lr_scale(group)` when the recipe has one). Step s
@@ -50,6 +57,7 @@ from pipelines.atomic_files import write_atomic
 from pipelines.bundle import Bundle, load_bundle
 from pipelines.errors import BadInput
 from training.checkpoint import (
+    FILES,
     latest_good_checkpoint,
     list_checkpoints,
     prune_checkpoints,
@@ -59,6 +67,7 @@ from training.checkpoint import (
     set_aside_newer,
     split_modules,
 )
+from training.distributed import Layout, ProcessGroup, training_device
 from training.jsonl import read_jsonl
 from training.recipes import Recipe, recipe_factory
 
@@ -76,6 +85,7 @@ __all__ = [
 ]
 
 RUN_RECORD_KEYS = ("recipe_name", "data_dir")  # written into a run's config.json beside the settings
+DEVICES = ("cpu", "cuda", "mps")
 
 
 # ---------------------------------------------------------------- config
@@ -84,7 +94,7 @@ RUN_RECORD_KEYS = ("recipe_name", "data_dir")  # written into a run's config.jso
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 8  # per process
+    batch_size: int = 8  # the global batch: split evenly over the processes of a distributed run
     lr: float = 3e-4
     weight_decay: float = 0.01  # on matrices only; biases and norms get none
     betas: tuple[float, float] = (0.9, 0.99)
@@ -100,6 +110,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     threads: int | None = None  # torch.set_num_threads when set
     autocast_bf16: bool = False
+    device: str = "cpu"  # "cpu", "cuda" (a process's LOCAL_RANK-th GPU) or "mps", where the recipe can
     recipe: dict = field(default_factory=dict)  # handed to the recipe's factory
 
     @classmethod
@@ -125,6 +136,7 @@ class TrainConfig:
             (config.preview_every >= 0, "preview_every must be 0 or more"),
             (config.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (config.threads is None or config.threads >= 1, "threads must be at least 1"),
+            (config.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -290,10 +302,12 @@ def make_optimizer(modules: dict[str, torch.nn.Module], config: TrainConfig) -> 
     seen: set[int] = set()
     decay, no_decay = [], []
     for module in modules.values():
-        for p in module.parameters():
+        # a module may name parameters that are not weights (e.g. the DiT's fitted control lines)
+        exempt = module.no_weight_decay() if hasattr(module, "no_weight_decay") else set()
+        for name, p in module.named_parameters():
             if p.requires_grad and id(p) not in seen:
                 seen.add(id(p))
-                (decay if p.dim() >= 2 else no_decay).append(p)
+                (decay if p.dim() >= 2 and name not in exempt else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -496,8 +510,6 @@ def train(
     config_path: Path | str | None = None,
     init_bundle: Path | str | None = None,
     resume: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
     overrides: dict | None = None,
     progress: bool = True,
     on_metrics: Callable[[dict], None] | None = None,
@@ -506,12 +518,63 @@ def train(
 
     Ends with status "done" after `steps`, or "stopped" (after saving) on a control-file stop or
     SIGTERM/SIGINT. `on_metrics` receives every metrics record in-process (rank 0). A full disk ends
-    it as "failed" with BadInput saying so; the last checkpoint stays whole.
+    it as "failed" with BadInput saying so; the last checkpoint stays whole. Started by torchrun, this
+    process trains the run together with the others (see the module docstring).
     """
-    assert 0 <= rank < world_size
+    processes = ProcessGroup(Layout.from_env())
+    try:
+        return _train(
+            processes,
+            recipe_name,
+            Path(data_dir),
+            Path(run_dir),
+            steps=steps,
+            config_path=Path(config_path) if config_path else None,
+            init_bundle=Path(init_bundle) if init_bundle else None,
+            resume=resume,
+            overrides=overrides,
+            progress=progress,
+            on_metrics=on_metrics,
+        )
+    finally:
+        processes.close()
+
+
+def share_checkpoint(processes: ProcessGroup, found: tuple | None) -> tuple | None:
+    """Rank 0's checkpoint (path, state, tensors by file) in every process, so only rank 0 reads the run
+    folder (which the machines of a multi-node run need not share); the others pass None."""
+    if not processes.distributed:
+        return found
+    head = processes.broadcast_json(None if found is None else [str(found[0]), found[1]])
+    if head is None:
+        return None
+    tensors = {name: processes.broadcast_named(None if found is None else found[2][name]) for name in FILES}
+    return Path(head[0]), head[1], tensors
+
+
+def mean_by_name(records: list[dict[str, float]]) -> dict[str, float]:
+    """Each name's mean over the records that hold it (the processes' metrics of one step)."""
+    names = list(dict.fromkeys(name for r in records for name in r))
+    return {n: sum(r[n] for r in records if n in r) / sum(n in r for r in records) for n in names}
+
+
+def _train(
+    processes: ProcessGroup,
+    recipe_name: str,
+    data_dir: Path,
+    run_dir: Path,
+    *,
+    steps: int | None,
+    config_path: Path | None,
+    init_bundle: Path | None,
+    resume: bool,
+    overrides: dict | None,
+    progress: bool,
+    on_metrics: Callable[[dict], None] | None,
+) -> Path:
+    rank, world_size = processes.layout.rank, processes.layout.world_size
     recipe_factory(recipe_name)  # an unknown name fails before anything is written
-    run_dir, data_dir = Path(run_dir), Path(data_dir)
-    config = resolve_config(run_dir, Path(config_path) if config_path else None, resume, overrides, steps)
+    config = resolve_config(run_dir, config_path, resume, overrides, steps)
     run = RunFolder(run_dir, writer=rank == 0)
     if resume and (run_dir / "config.json").is_file():
         saved = read_json_file(run_dir / "config.json", "run config").get("recipe_name", recipe_name)
@@ -523,10 +586,21 @@ def train(
         raise BadInput(
             f"The run folder {run_dir} already holds checkpoints; pass --resume to continue it or choose a new folder."
         )
+    processes.open()  # meets the other processes (nothing with one)
+    # rank 0's settings everywhere: with --resume they come from its run folder, which others may not see
+    config = TrainConfig.from_dict(processes.broadcast_json(config.to_dict()), "the training config")
+    if config.batch_size % world_size:
+        raise BadInput(
+            f"batch_size {config.batch_size} does not split evenly over {world_size} processes; "
+            f"make it a multiple of {world_size}."
+        )
+    device = training_device(config.device, processes.layout)
     if config.threads:
         torch.set_num_threads(config.threads)
 
     recipe = build_recipe(recipe_name, config, data_dir)
+    if device.type not in getattr(recipe, "devices", ("cpu",)):
+        raise BadInput(f"The {recipe_name} recipe trains on the CPU only; set device to cpu.")
     modules = recipe.modules()
     size = recipe.dataset_size()
     if size < 1:
@@ -534,20 +608,27 @@ def train(
             f"The {recipe_name} recipe found no training examples in {data_dir}; check the data folder."
         )
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    device_type = params[0].device.type if params else "cpu"
 
     start, elapsed_before, last_saved = 0, 0.0, None
-    found = latest_good_checkpoint(run.checkpoints) if resume else None
-    if resume and found is None:
+    found = latest_good_checkpoint(run.checkpoints) if resume and run.writer else None
+    if resume and found is None and run.writer:
         if list_checkpoints(run.checkpoints):
             warnings.warn(
                 f"No checkpoint in {run.checkpoints} could be read, so training starts from step 0.",
                 stacklevel=2,
             )
-        if run.writer:
-            set_aside_newer(run.checkpoints, -1)
+        set_aside_newer(run.checkpoints, -1)
+    found = share_checkpoint(processes, found)
     if found is None and init_bundle is not None:
-        init_from_bundle(Path(init_bundle), recipe, modules)
+        init_from_bundle(init_bundle, recipe, modules)
+    elif found is None and getattr(recipe, "init_required", None):
+        raise BadInput(recipe.init_required)  # before the run folder is written
+    for module in modules.values():  # in place: the parameters stay the same objects
+        module.to(device)
+    # rank 0's weights everywhere (the seed makes them equal already; this keeps them so whatever happens)
+    processes.broadcast_tensors_(
+        [t.detach() for m in modules.values() for t in (*m.parameters(), *m.buffers())]
+    )
     ema = ema_copies(modules)
     optimizer, groups = make_optimizers(recipe, modules, config)
     if found is not None:
@@ -626,6 +707,26 @@ def train(
         last_saved = path
         return path
 
+    def agreed_command(signals: StopSignals) -> str | None:
+        """The control file's command as rank 0 reads it, or "stop" once any process got SIGTERM/SIGINT:
+        the same answer in every process, so they pause, resume and stop together."""
+        order = [None, "pause", "stop"]
+        mine = "stop" if signals.requested else (run.command() if run.writer else None)
+        return order[processes.max_ints([order.index(mine if mine in order else None)])[0]]
+
+    def agree_on_recipe_state() -> None:
+        """The recipe's own state made rank 0's wherever it differs (each process updates it from its own
+        share of the batch), so what is saved is what every process trains with."""
+        if not processes.distributed or not hasattr(recipe, "state_dict"):
+            return
+        mine = recipe.state_dict()
+        digest = _mix("recipe state", json.dumps(mine, sort_keys=True))
+        highest, negated_lowest = processes.max_ints([digest, -digest])
+        if highest != -negated_lowest:
+            ours = processes.broadcast_json(mine)
+            if rank != 0:
+                recipe.load_state_dict(ours)
+
     def wait_while_paused(signals: StopSignals) -> str:
         """Sleep until the control file says resume or stop (or a signal arrives); returns which."""
         nonlocal paused_s
@@ -636,8 +737,8 @@ def train(
         try:
             while True:
                 time.sleep(0.05)
-                command = run.command()
-                if signals.requested or command == "stop":
+                command = agreed_command(signals)
+                if command == "stop":
                     return "stop"
                 if command != "pause":
                     return "resume"
@@ -653,13 +754,14 @@ def train(
     try:
         with StopSignals() as signals:
             while step < config.steps:
-                command = run.command()
-                if command == "pause" and not signals.requested:
+                command = agreed_command(signals)
+                if command == "pause":
                     command = wait_while_paused(signals)
                     status("running")
-                if command == "stop" or signals.requested:
+                if command == "stop":
                     state = "stopped"
                     break
+                agree_on_recipe_state()
 
                 lr = lr_at(step, config)
                 # with optimizer groups only this step's group trains: the others are frozen for its
@@ -682,16 +784,17 @@ def train(
                         lr = lr * recipe.lr_scale(active)
                 for group in step_optimizer.param_groups:
                     group["lr"] = lr
-                indices = batch_indices(config.seed, step, rank, world_size, config.batch_size, size)
+                share = config.batch_size // world_size
+                indices = batch_indices(config.seed, step, rank, world_size, share, size)
                 seed_everything(step_seed(config.seed, step, rank))
                 for m in modules.values():
                     m.train()
                 for p in frozen:
                     p.requires_grad_(False)
                 try:
-                    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
                         loss, info = recipe.loss(step, indices, modules)
-                    loss_value = float(loss.detach().float())
+                    loss_value = processes.mean(float(loss.detach().float()))  # every process judges the same
                     if not math.isfinite(loss_value):
                         # randomness is a pure function of the step, so resuming as is would replay this step
                         raise BadInput(
@@ -702,6 +805,7 @@ def train(
                 finally:
                     for p in frozen:
                         p.requires_grad_(True)
+                processes.average_gradients(step_params)
                 clip = config.grad_clip if config.grad_clip > 0 else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(step_params, clip))
                 step_optimizer.step()
@@ -712,6 +816,9 @@ def train(
                 bar.update(1)
 
                 if step % config.log_every == 0 or step == config.steps:
+                    measured = {
+                        k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in info.items()
+                    }
                     record = {
                         "step": step,
                         "time": time.time(),
@@ -719,7 +826,7 @@ def train(
                         "loss": loss_value,
                         "lr": lr,
                         "grad_norm": grad_norm,
-                        **{k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in info.items()},
+                        **mean_by_name(processes.gather_json(measured)),  # each process measured its share
                     }
                     run.log(record)
                     bar.set_postfix(loss=f"{loss_value:.4g}")
@@ -919,8 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", type=Path)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--rank", type=int, default=0)
-    parser.add_argument("--world-size", type=int, default=1)
+    parser.add_argument("--device", choices=DEVICES)
     args = parser.parse_args(argv)
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
     try:
@@ -932,9 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
             config_path=args.config,
             init_bundle=args.init,
             resume=args.resume,
-            rank=args.rank,
-            world_size=args.world_size,
-            overrides=parse_overrides(args.set),
+            overrides=_merge(parse_overrides(args.set), {"device": args.device} if args.device else {}),
         )
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
