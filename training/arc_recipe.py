@@ -60,7 +60,7 @@ The bundled run, training/configs/arc.json (the recipe's own constants are expla
 from __future__ import annotations
 
 import math
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -423,41 +423,7 @@ class ArcRecipe(StaticRecipe):
         """G is the bundle's DiT; D's trunk is its first blocks (D's head keeps its neutral init)."""
         from pipelines.bundle import bundle_hash
 
-        if bundle.kind != "generator":
-            raise BadInput(
-                f"The arc recipe post-trains a generator, but {bundle.path} is a {bundle.kind or 'unnamed'} "
-                "bundle; pass --init a generator bundle (exported from --recipe static)."
-            )
-        try:
-            theirs = DiTConfig(**bundle.config["dit"])
-        except (KeyError, TypeError):
-            raise BadInput(
-                f"The generator bundle {bundle.path} has no DiT config this soundloom knows."
-            ) from None
-        for f in fields(DiTConfig):
-            if getattr(theirs, f.name) != getattr(self.dit_config, f.name):
-                raise BadInput(
-                    f"The generator bundle {bundle.path} has a DiT with {f.name} {getattr(theirs, f.name)} but "
-                    f"this arc run is set to {getattr(self.dit_config, f.name)}; set recipe.dit to the bundle's "
-                    "config.dit (in its model.json)."
-                )
-        codec_sha = bundle.meta.get("components", {}).get("codec", {}).get("sha256")
-        if codec_sha != bundle_hash(self.codec.bundle_path):
-            raise BadInput(
-                f"The generator bundle {bundle.path} was trained with another codec than {self.codec.bundle_path}; "
-                "set recipe.codec to the codec it was trained with."
-            )
-        if bundle.config.get("text_encoder") != self.config["text_encoder"]:
-            raise BadInput(
-                f"The generator bundle {bundle.path} reads text with {bundle.config.get('text_encoder')!r} "
-                f"but this arc run is set to {self.config['text_encoder']!r}; set recipe.text_encoder to match."
-            )
-        theirs_offset = float(bundle.config.get("noise_offset", 0.0))
-        if theirs_offset != self.noise_offset:
-            raise BadInput(
-                f"The generator bundle {bundle.path} was trained with noise_offset {theirs_offset:g} but this arc "
-                f"run is set to {self.noise_offset:g}; set recipe.noise_offset to {theirs_offset:g}."
-            )
+        self.check_init_bundle(bundle)
         bundle.load_into("dit", modules["dit"])
         tensors = bundle.tensors("dit")
         trunk = modules["disc"].trunk

@@ -574,7 +574,9 @@ def run(
     if max_prompts is not None:
         prompts = evenly_spaced(prompts, max_prompts)
     bundle = load_bundle(model)
-    if bundle.kind != "generator":
+    from pipelines.lora import ADAPTER_KIND
+
+    if bundle.kind not in ("generator", ADAPTER_KIND):  # an adapter runs on its base (load_generator)
         raise BadInput(
             f"{model} is a {bundle.kind or 'unknown'} bundle, not a generator; pass a generator bundle."
         )

@@ -40,6 +40,9 @@ class Recipe(Protocol):
     #   preview(step, modules_ema, out_dir) -> None           audio previews every preview_every steps
     #   export(modules_ema, out_dir, card=None) -> None        write a bundle (card: the training card)
     #   init_from_bundle(bundle, modules) -> None              custom --init mapping (default: by file name)
+    #   init_required -> str | None                            why the run cannot start without --init (a
+    #                                                          LoRA run adapts an existing model): the trainer
+    #                                                          refuses a fresh run without it in that sentence
     #
     #   optimizer_groups() -> dict[str, list[str]]             group name -> module names (every module in
     #                                                          exactly one group; names without "/" or ".").

@@ -29,6 +29,12 @@ pipelines and classifier-free guidance:
 The measured latent channels of the codec (level, log-f0, voicing) can weigh more in the loss
 (`measured_weight`): each is one channel of 32, yet a wrong pitch or level is what a listener hears first.
 
+LoRA fine-tuning (`lora_rank` > 0, with --init): the --init generator's weights stay frozen and only
+rank-`lora_rank` adapters (pipelines/lora.py: scaled by `lora_alpha / lora_rank`, on the layers of
+`lora_targets`) learn; the prompt priors stay frozen too (why: pipelines/lora.py). Everything else (data,
+conditions, losses) is as above. `bundle export` of such a run writes an adapter bundle recorded against
+the --init generator's hash. 0 (the default) trains every weight, from --init or from scratch.
+
 It reads only the corpus manifest and the latent cache (`soundloom dataset encode DIR` makes it), never
 audio. All per-sample draws come from torch's global generator, which the trainer reseeds every step,
 in a fixed order, so a resumed run sees the same crops, captions, drops, times and noise.
@@ -47,6 +53,7 @@ from pipelines.codec import Codec, default_codec_path, load_codec
 from pipelines.controls import CONTROL_GROUPS, CONTROL_NAMES, drop_controls, pitch_hint, steady_pitch
 from pipelines.dit import PITCH_ABSENT, PITCH_FROM_TEXT, PITCH_NONE, X0_MIN_T, DiT, DiTConfig
 from pipelines.errors import BadInput
+from pipelines.lora import DEFAULT_TARGETS, add_lora, check_lora_settings, load_base_into
 from pipelines.samplers import latent_noise
 from pipelines.text_encoder import DEFAULT_NAME, TextEncoder
 from training.recipes import model_settings, recipe_settings
@@ -81,6 +88,12 @@ DEFAULTS = {
     "measured_weight": 1.0,
     "preview_steps": 8,
     "preview_guidance": 4.0,
+    # LoRA (pipelines/lora.py): 0 trains every weight; above 0 only adapters of this rank learn, on the
+    # layers of lora_targets, beside the frozen --init generator. Alpha stays put when the rank changes, as
+    # in the LoRA paper, so a higher rank needs no other learning rate.
+    "lora_rank": 0,
+    "lora_alpha": 8.0,
+    "lora_targets": list(DEFAULT_TARGETS),
 }
 PROBABILITIES = (
     "p_drop_text", "p_drop_control_group", "p_drop_controls", "p_known", "p_pitch_from_text", "p_drop_pitch",
@@ -186,6 +199,11 @@ class StaticRecipe:
         segment = cfg["segment_frames"]
         if not (isinstance(segment, int) and segment >= 4):
             raise BadInput(f"segment_frames must be a whole number of at least 4 (got {segment}).")
+        check_lora_settings(cfg["lora_rank"], cfg["lora_alpha"])
+        if cfg["lora_rank"] and self.name != "static":
+            raise BadInput(
+                f"lora_rank is for --recipe static; the {self.name} recipe trains every weight, so set lora_rank 0."
+            )
         self.data_dir = Path(data_dir)
         extra = cfg["extra_data"]
         if not isinstance(extra, list) or not all(isinstance(d, str) and d for d in extra):
@@ -218,6 +236,13 @@ class StaticRecipe:
             )
             raise BadInput(f"dit.x0_channels must be 0 {which} (got {self.dit_config.x0_channels}).")
         self.model = DiT(self.dit_config)
+        # LoRA: adapters wrap the target layers and everything else is frozen; the base weights come from --init
+        self.lora_layers: list[str] = []
+        if cfg["lora_rank"]:
+            self.lora_layers = add_lora(self.model, cfg["lora_rank"], cfg["lora_alpha"], cfg["lora_targets"])
+        # the --init generator (state_dict): a card's base_model, and what an adapter bundle is recorded against
+        self.base: dict | None = None
+        self.base_path: str | None = None
         weights = torch.ones(self.codec.channels)
         weights[self.codec.channels - self.codec.cfg.measured_dim :] = float(cfg["measured_weight"])
         self.channel_weight = weights
@@ -469,6 +494,83 @@ class StaticRecipe:
     def dataset_size(self) -> int:
         return len(self.data)
 
+    @property
+    def init_required(self) -> str | None:
+        """Why this run cannot start without --init (the trainer refuses it before writing anything), or None."""
+        if self.lora_layers:
+            return (
+                "lora_rank above 0 trains LoRA adapters on an existing generator; pass --init with the "
+                "generator bundle to adapt, or set lora_rank 0 to train every weight."
+            )
+        return None
+
+    def check_init_bundle(self, bundle) -> None:
+        """--init must be a generator whose DiT, codec, text encoder and noise offset are this run's."""
+        from dataclasses import fields
+
+        from pipelines.bundle import bundle_hash
+
+        if bundle.kind != "generator":
+            raise BadInput(
+                f"The {self.name} run starts from a generator, but {bundle.path} is a {bundle.kind or 'unnamed'} "
+                "bundle; pass --init a generator bundle (exported from --recipe static)."
+            )
+        try:
+            theirs = DiTConfig(**bundle.config["dit"])
+        except (KeyError, TypeError):
+            raise BadInput(
+                f"The generator bundle {bundle.path} has no DiT config this soundloom knows."
+            ) from None
+        for f in fields(DiTConfig):
+            if getattr(theirs, f.name) != getattr(self.dit_config, f.name):
+                raise BadInput(
+                    f"The generator bundle {bundle.path} has a DiT with {f.name} {getattr(theirs, f.name)} but "
+                    f"this {self.name} run is set to {getattr(self.dit_config, f.name)}; set recipe.dit to the "
+                    "bundle's config.dit (in its model.json)."
+                )
+        codec_sha = bundle.meta.get("components", {}).get("codec", {}).get("sha256")
+        if codec_sha != bundle_hash(self.codec.bundle_path):
+            raise BadInput(
+                f"The generator bundle {bundle.path} was trained with another codec than {self.codec.bundle_path}; "
+                "set recipe.codec to the codec it was trained with."
+            )
+        if bundle.config.get("text_encoder") != self.config["text_encoder"]:
+            raise BadInput(
+                f"The generator bundle {bundle.path} reads text with {bundle.config.get('text_encoder')!r} "
+                f"but this {self.name} run is set to {self.config['text_encoder']!r}; set recipe.text_encoder "
+                "to match."
+            )
+        theirs_offset = float(bundle.config.get("noise_offset", 0.0))
+        if theirs_offset != self.noise_offset:
+            raise BadInput(
+                f"The generator bundle {bundle.path} was trained with noise_offset {theirs_offset:g} but this "
+                f"{self.name} run is set to {self.noise_offset:g}; set recipe.noise_offset to {theirs_offset:g}."
+            )
+
+    def init_from_bundle(self, bundle, modules: dict[str, torch.nn.Module]) -> None:
+        """--init: the generator's DiT (checked to be the one this run is set up for), whose name and hash are
+        kept for the card and, in a LoRA run, for the adapter bundle; LoRA adapters keep their zero start."""
+        from pipelines.bundle import bundle_hash
+
+        self.check_init_bundle(bundle)
+        if self.lora_layers:
+            load_base_into(bundle, "dit", modules["dit"])
+        else:
+            bundle.load_into("dit", modules["dit"])
+        self.base = {
+            "bundle": bundle.path.name,
+            "sha256": bundle_hash(bundle.path),
+            "recipe": bundle.card.get("recipe"),
+            "steps": bundle.card.get("steps"),
+        }
+        self.base_path = str(bundle.path)
+
+    def state_dict(self) -> dict:
+        return {"base": self.base, "base_path": self.base_path}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base, self.base_path = state.get("base"), state.get("base_path")
+
     def loss(self, step: int, indices: list[int], modules: dict[str, torch.nn.Module]):
         cfg = self.config
         dit: DiT = modules["dit"]
@@ -657,6 +759,25 @@ class StaticRecipe:
         card = {**(card or {}), "data": corpus_card(self.data_dir)}
         if len(self.data_dirs) > 1:
             card["extra_data"] = [corpus_card(d) for d in self.data_dirs[1:]]
+        if self.base is not None:
+            card.setdefault("base_model", self.base)
+        if self.lora_layers:
+            from pipelines.lora import save_adapter
+
+            if self.base is None or self.base_path is None:
+                raise BadInput(
+                    "This LoRA run records no base generator (its checkpoint predates that record); train it "
+                    "again with --init to export an adapter."
+                )
+            save_adapter(
+                Path(out_dir),
+                modules_ema["dit"],
+                self.base_path,
+                self.base["sha256"],
+                self.bundle_config(),
+                card,
+            )
+            return
         state = {k: v.detach() for k, v in modules_ema["dit"].state_dict().items()}
         save_bundle(
             Path(out_dir),
