@@ -232,10 +232,22 @@ def save_audio(audio: Audio, path: str | os.PathLike, *, bit_depth: int = 16) ->
     Integer formats are clipped to [-1, 1]; use `peak_safe` before saving to avoid that. MP3 only
     holds 8..48 kHz and at most two channels, so other audio is resampled or downmixed for it.
     """
-    assert bit_depth in (16, 24, 32), "bit_depth is 16, 24 or 32"
     path = check_output_path(path)
+    write_atomic(path, encode_audio(audio, path.suffix, bit_depth=bit_depth))
+    return path
+
+
+def encode_audio(
+    audio: Audio, suffix: str, *, bit_depth: int = 16, tags: dict[str, str] | None = None
+) -> bytes:
+    """The bytes of `audio` as a file of the format `suffix` names (see `save_audio`).
+
+    `tags` (libsndfile's string fields: title, comment, software, ...) go into the file's own metadata:
+    Vorbis comments in FLAC and Ogg, ID3 in MP3, LIST/INFO in WAV.
+    """
+    assert bit_depth in (16, 24, 32), "bit_depth is 16, 24 or 32"
     validate(audio)
-    file_format, subtypes = OUTPUT_FORMATS[path.suffix.lower()]
+    file_format, subtypes = OUTPUT_FORMATS[suffix.lower()]
     subtype = subtypes[bit_depth] if subtypes else None
     if file_format == "MP3":
         subtype = "MPEG_LAYER_III"
@@ -247,9 +259,13 @@ def save_audio(audio: Audio, path: str | os.PathLike, *, bit_depth: int = 16) ->
     if subtype != "FLOAT":
         samples = np.clip(samples, -1.0, 1.0)
     encoded = io.BytesIO()
-    sf.write(encoded, samples.T, audio.sample_rate, format=file_format, subtype=subtype)
-    write_atomic(path, encoded.getvalue())
-    return path
+    with sf.SoundFile(
+        encoded, "w", audio.sample_rate, audio.channels, subtype=subtype, format=file_format
+    ) as f:
+        for name, value in (tags or {}).items():
+            setattr(f, name, value)  # strings go before the audio: MP3's ID3 tag is written first
+        f.write(samples.T)
+    return encoded.getvalue()
 
 
 # ---------------------------------------------------------------- conversions

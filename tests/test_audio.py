@@ -143,11 +143,11 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, signals):
     target = tmp_path / "keep.wav"
     target.write_bytes(b"old contents")
 
-    def broken_write(file, *args, **kwargs):
+    def broken_encoder(file, *args, **kwargs):
         file.write(b"half a file")  # the encoder writes into memory; write_atomic publishes it
         raise OSError("disk full")
 
-    monkeypatch.setattr(audio_mod.sf, "write", broken_write)
+    monkeypatch.setattr(audio_mod.sf, "SoundFile", broken_encoder)
     with pytest.raises(OSError):
         save_audio(Audio(signals.sine(), 44100), target)
     assert target.read_bytes() == b"old contents"

@@ -14,6 +14,11 @@ def read_jsonl(path: Path | str, *, tolerate_torn_tail: bool) -> list[dict]:
     With `tolerate_torn_tail`, a last line that has no newline and does not parse is dropped: that is
     what a kill in the middle of an append leaves behind, in files we append to while working.
     """
+    return [record for _, record in read_jsonl_numbered(path, tolerate_torn_tail=tolerate_torn_tail)]
+
+
+def read_jsonl_numbered(path: Path | str, *, tolerate_torn_tail: bool) -> list[tuple[int, dict]]:
+    """As `read_jsonl`, each object with its line number (from 1), for messages about a line's content."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -34,5 +39,5 @@ def read_jsonl(path: Path | str, *, tolerate_torn_tail: bool) -> list[dict]:
             ) from None
         if not isinstance(record, dict):
             raise BadInput(f"Line {number} of '{path}' is not a JSON object; repair or remove that line.")
-        records.append(record)
+        records.append((number, record))
     return records
