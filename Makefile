@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: gonogo setup test test-all lint format studio bundles bundle-codec bundle-generator
+.PHONY: gonogo setup test test-all lint format studio bundles bundle-codec bundle-generator bundle-arc
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +35,11 @@ test: setup lint
 test-all: setup lint
 	$(VENV)/bin/pytest -q -m ""
 
-# Rebuilds every bundled model from scratch (resumable: rerun after an interruption). `bundle-codec` and
-# `bundle-generator` are its two halves; the second uses the codec in assets/codec.
+# Rebuilds every bundled model from scratch (resumable: rerun after an interruption), in three parts:
+# `bundle-codec`, `bundle-generator` (embedders and the base generator, over assets/codec) and `bundle-arc`.
 BUNDLE_WORK ?= .cache/bundles
 SL := $(VENV)/bin/soundloom
-bundles: bundle-codec bundle-generator
+bundles: bundle-codec bundle-generator bundle-arc
 
 bundle-codec: setup
 	$(SL) dataset build --out $(BUNDLE_WORK)/corpus --hours 3 --seed 0
@@ -64,7 +64,16 @@ bundle-generator: setup
 	$(SL) dataset build --out $(BUNDLE_WORK)/notes --hours 2 --seed 1 --categories note --latents
 	$(SL) train --recipe static --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/static-run \
 		--config training/configs/static.json --set 'recipe.extra_data=["$(BUNDLE_WORK)/notes"]' --resume
-	$(SL) bundle export --run $(BUNDLE_WORK)/static-run --data $(BUNDLE_WORK)/corpus --out assets/generator
+	$(SL) bundle export --run $(BUNDLE_WORK)/static-run --data $(BUNDLE_WORK)/corpus --out assets/generator-base
+	$(SL) eval --model assets/generator-base --prompts assets/prompts/dev.jsonl --data $(BUNDLE_WORK)/corpus \
+		--json $(BUNDLE_WORK)/bench/generator-base-eval.json --update-card
+	$(SL) bench generate --model assets/generator-base --json $(BUNDLE_WORK)/bench/generate-base.json
+
+# ARC post-training of the base (issue 5): the 8-step ping-pong default in assets/generator.
+bundle-arc: setup
+	$(SL) train --recipe arc --init assets/generator-base --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/arc-run \
+		--config training/configs/arc.json --set 'recipe.extra_data=["$(BUNDLE_WORK)/notes"]' --resume
+	$(SL) bundle export --run $(BUNDLE_WORK)/arc-run --data $(BUNDLE_WORK)/corpus --out assets/generator
 	$(SL) eval --model assets/generator --prompts assets/prompts/dev.jsonl --data $(BUNDLE_WORK)/corpus \
 		--json $(BUNDLE_WORK)/bench/generator-eval.json --update-card
 	$(SL) bench generate --model assets/generator --json $(BUNDLE_WORK)/bench/generate.json

@@ -106,6 +106,7 @@ class Generator:
         bf16: bool = True,
         bundle_path: Path | None = None,
         bundle_hash: str | None = None,
+        base_path: Path | None = None,
     ):
         self.dit = dit.eval()
         self.codec = codec
@@ -114,8 +115,11 @@ class Generator:
         self.bf16 = bf16
         self.bundle_path = bundle_path
         self.bundle_hash = bundle_hash
+        self.base_path = base_path  # a LoRA adapter's base generator (bundle_path is then the adapter)
         # A bf16 copy for sampling: ~30% faster than autocast on CPU, which re-casts weights every call.
         self._sampling_dit = copy.deepcopy(dit).to(torch.bfloat16).eval() if bf16 else self.dit
+        if bf16 and dit.cfg.x0_channels:  # the control lines stay float32: bf16 would put notes ~5 cents off
+            self._sampling_dit.control_skip.data = dit.control_skip.detach().float().clone()
         self.last_settings: GenerationSettings | None = None
         self.last_tempo_bpm: float | None = None
         self.last_pitch_midi: int | None = None
@@ -380,9 +384,18 @@ def _is_number(value) -> bool:
 # ---------------------------------------------------------------- loading
 
 
-def load_generator(bundle: str | Path | None = None, *, bf16: bool = True) -> Generator:
-    """The generator of a bundle folder (None: the bundled default in assets/generator)."""
+def load_generator(
+    bundle: str | Path | None = None, *, bf16: bool = True, base: str | Path | None = None
+) -> Generator:
+    """The generator of a bundle folder (None: the bundled default in assets/generator).
+
+    A LoRA adapter bundle (pipelines/lora.py) gives its base generator with the adapter merged into the DiT:
+    the base is `base` when given (it must be the generator the adapter was trained on, by hash), else found
+    by hash at its recorded path, beside the adapter or in assets/. The generator then names the adapter as
+    its bundle (settings files record the adapter) and the base as `base_path`.
+    """
     from pipelines.bundle import bundle_hash, load_bundle
+    from pipelines.lora import ADAPTER_KIND, apply_adapter, find_base
 
     path = Path(bundle) if bundle is not None else default_generator_path()
     if not (path / "model.json").is_file():
@@ -397,6 +410,13 @@ def load_generator(bundle: str | Path | None = None, *, bf16: bool = True) -> Ge
             "exported generator bundle."
         )
     b = load_bundle(path)
+    adapter = None
+    if b.kind == ADAPTER_KIND:
+        adapter, b = b, load_bundle(find_base(b, base))
+    elif base is not None:
+        raise BadInput(
+            f"'{path}' is not a LoRA adapter bundle, so it takes no base; pass the adapter's folder."
+        )
     if b.kind != "generator":
         raise BadInput(
             f"The bundle '{path}' is a {b.kind or 'unnamed'} bundle, not a generator; pass a generator "
@@ -411,6 +431,9 @@ def load_generator(bundle: str | Path | None = None, *, bf16: bool = True) -> Ge
         ) from None
     dit = DiT(dit_config)
     b.load_into("dit", dit)
+    if adapter is not None:
+        apply_adapter(dit, adapter)  # checks that it fits this DiT (config, layers, shapes)
+        config = adapter.config  # what the adapter's run trained with
     codec = load_codec(b.component("codec").path, bf16=bf16)
     if codec.channels != dit_config.latent_channels:
         raise BadInput(
@@ -423,8 +446,16 @@ def load_generator(bundle: str | Path | None = None, *, bf16: bool = True) -> Ge
             f"The generator bundle '{path}' expects {dit_config.text_dim}-d text but its text encoder gives "
             f"{text_encoder.dim}; re-export the bundle with the encoder it was trained on."
         )
+    named = adapter or b
     return Generator(
-        dit, codec, text_encoder, config, bf16=bf16, bundle_path=b.path, bundle_hash=bundle_hash(b.path)
+        dit,
+        codec,
+        text_encoder,
+        config,
+        bf16=bf16,
+        bundle_path=named.path,
+        bundle_hash=bundle_hash(named.path),
+        base_path=b.path if adapter is not None else None,
     )
 
 
@@ -448,25 +479,33 @@ def settings_record(settings: GenerationSettings, generator: Generator) -> dict:
 
 
 def read_settings(audio_path: str | Path) -> tuple[GenerationSettings, dict]:
-    """The settings stored beside `audio_path` (and the whole record); BadInput when missing or malformed."""
+    """The settings that made `audio_path` (and the whole record): from the settings file beside it, or,
+    where there is none, from the record embedded in the file itself (pipelines.export); BadInput when
+    neither is there or what is there is malformed."""
     path = settings_path(audio_path)
-    if not path.is_file():
-        raise BadInput(
-            f"No settings file '{path}' found; --from reads the .json that `soundloom generate` writes "
-            "beside its output."
-        )
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadInput(f"The settings file '{path}' is not valid JSON; generate the sound again.") from None
+    if path.is_file():
+        where = f"The settings file '{path}'"
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadInput(f"{where} is not valid JSON; generate the sound again.") from None
+    else:
+        from pipelines.export import read_embedded
+
+        where = f"The settings embedded in '{audio_path}'"
+        record = read_embedded(audio_path) if path != Path(audio_path) else None
+        if record is None:
+            raise BadInput(
+                f"No settings file '{path}' found and '{Path(audio_path).name}' holds no embedded soundloom "
+                "settings; --from reads what `soundloom generate` writes."
+            )
     if not isinstance(record, dict) or record.get("soundloom_settings") != SETTINGS_FORMAT:
+        source = path if path.is_file() else Path(audio_path)
         raise BadInput(
-            f"'{path}' is not a soundloom settings file; give a file that `soundloom generate` wrote."
+            f"'{source}' is not a soundloom settings file; give a file that `soundloom generate` wrote."
         )
     for name, kind in SETTINGS_TYPES.items():
         value = record.get(name)
         if isinstance(value, bool) or not isinstance(value, kind):
-            raise BadInput(
-                f"The settings file '{path}' lacks a valid '{name}'; generate the sound again to remake it."
-            )
+            raise BadInput(f"{where} lacks a valid '{name}'; generate the sound again to remake it.")
     return GenerationSettings(**{name: record[name] for name in SETTINGS_TYPES}), record

@@ -320,6 +320,27 @@ def test_control_skip_adds_a_line_of_each_present_control_to_its_measured_channe
     assert gate[0, 0].tolist() == [1.0, 0.0] * 4 + [1.0]
 
 
+def test_training_moves_the_level_and_voicing_lines_but_never_the_log_f0_line():
+    """The log-f0 line is a definition: no gradient and no weight decay reach it (it drifted 7% when it did)."""
+    from training.trainer import TrainConfig, make_optimizer
+
+    cfg = DiTConfig(**{**TINY.__dict__, "latent_channels": 4, "x0_channels": 3})
+    dit = random_dit(cfg=cfg)
+    with torch.no_grad():
+        dit.control_skip.copy_(torch.tensor([[1.5, -0.5], [2.7, 0.8], [1.2, 0.3]]))
+    before = dit.control_skip.detach().clone()
+    opt = make_optimizer({"dit": dit}, TrainConfig(lr=0.05, weight_decay=0.5))
+    x, t, inputs = torch.randn(2, 4, 9), torch.tensor([0.3, 0.8]), dit_inputs()
+    inputs["control_mask"] = torch.ones_like(inputs["control_mask"])
+    inputs["controls"][:, 3] = torch.tensor([1.0, 0.0] * 4 + [1.0])  # voiced and unvoiced frames
+    for _ in range(3):
+        opt.zero_grad()
+        dit(x, t, **inputs).square().mean().backward()
+        opt.step()
+    assert torch.equal(dit.control_skip[1], before[1])
+    assert not torch.equal(dit.control_skip[0], before[0]) and not torch.equal(dit.control_skip[2], before[2])
+
+
 def test_cat_inputs_fills_a_missing_pitch_as_absent():
     both = cat_inputs({"pitch": torch.tensor([3])}, {"text": None})
     assert both["pitch"].tolist() == [3, PITCH_ABSENT]
