@@ -433,6 +433,34 @@ def test_static_batch_gives_steady_pitches_as_hints(cached_corpus):
     assert StaticRecipe(cfg, data).bundle_config()["pitch_hint"] is False
 
 
+def test_static_batch_gives_grids_alone_as_generation_does(cached_corpus):
+    from pipelines.controls import CONTROL_GROUPS
+    from training.static_recipe import StaticRecipe
+
+    data, codec, _ = cached_corpus
+    cfg = {"codec": str(codec), "dit": TINY_DIT, "segment_frames": 32, "p_drop_controls": 1.0}
+    recipe = StaticRecipe({**cfg, "p_grid_only": 1.0}, data)
+    ids = [d["id"] for d in recipe.data]
+    torch.manual_seed(0)
+    batch = recipe.batch(list(range(len(ids))))
+    grid = [*CONTROL_GROUPS["beat"], *CONTROL_GROUPS["bar"]]
+    for i, name in enumerate(ids):
+        clip = recipe.data[i]
+        mask = batch["control_mask"][i]
+        if name == "clicks":  # every control dropped, yet the grid comes back, and it alone
+            n = int(round(float(batch["seconds"][i]) * recipe.codec.latent_rate))
+            beat = list(CONTROL_GROUPS["beat"])
+            assert mask[beat, :n].eq(1).all()
+            measured = clip["controls"][grid].float()  # the crop's window of the clip's own grid
+            windows = [measured[:, s : s + n] for s in range(measured.shape[1] - n + 1)]
+            assert any(torch.equal(batch["controls"][i, grid, :n], w) for w in windows)
+            assert mask[[c for c in range(mask.shape[0]) if c not in grid]].sum() == 0
+        else:  # no grid to give: the dropout stands
+            assert mask.sum() == 0
+    torch.manual_seed(0)
+    assert StaticRecipe(cfg, data).batch(list(range(len(ids))))["control_mask"].sum() == 0
+
+
 def test_static_recipe_trains_the_tempo_prior(cached_corpus, tmp_path):
     from training.static_recipe import TEMPO_UNKNOWN, StaticRecipe
     from training.trainer import train

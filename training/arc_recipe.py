@@ -30,7 +30,8 @@ of G is what the bundle ships; its EMA of D is kept but never used.
 
 Data, text, control and known-frame dropout come from the static recipe (this class extends it), so the
 fast model still follows controls and fills known frames. Text is not dropped by default: the exported
-model runs without CFG and never needs an unconditional prediction.
+model runs without CFG and never needs an unconditional prediction. As there, it trains on the modules'
+device and draws every random tensor on the CPU first (the held-out pairs too, built once, then moved).
 
 Metrics (besides the trainer's): loss_g (L_G), loss_d (L_D), d_real and d_fake (mean D logits on the
 generated frames), margin (mean delta), d_step (1 on discriminator steps), and, from the newest
@@ -72,7 +73,7 @@ from pipelines.errors import BadInput
 from pipelines.samplers import latent_noise, noise_to, time_of_logsnr
 from training.recipes import recipe_settings
 from training.static_recipe import DEFAULTS as STATIC_DEFAULTS
-from training.static_recipe import StaticRecipe
+from training.static_recipe import StaticRecipe, module_device, to_device
 
 GENERATOR, DISCRIMINATOR = "generator", "discriminator"
 STATIC_KEYS = (  # the static recipe's settings that ARC uses (its t_mean / t_std sampling is not one)
@@ -88,6 +89,7 @@ STATIC_KEYS = (  # the static recipe's settings that ARC uses (its t_mean / t_st
     "p_pitch_from_text",  # a pitched DiT keeps the base training's pitch input and hints
     "p_drop_pitch",
     "p_pitch_hint",
+    "p_grid_only",  # the fast model keeps following the tempo prior's grid
     "preview_steps",
     "preview_guidance",
     "extra_data",
@@ -248,7 +250,7 @@ class ArcRecipe(StaticRecipe):
         depth = truncated_depth(self.dit_config.depth, cfg["d_depth_fraction"])
         self.disc = Discriminator(self.dit_config, depth, cfg["d_head_hidden"], cfg["d_head_kernel"])
         self.heldout: list[dict] = []  # val clips for D's prompt-match accuracy (read with the train data)
-        self._heldout_batch: dict | None = None
+        self._heldout_batch: dict[str, torch.Tensor] | None = None  # on the device it was last asked for
         # the recipe's state (state_dict): where G came from, and the newest periodic figures
         self.init: dict | None = None
         self.last: dict[str, float] = {}
@@ -341,9 +343,9 @@ class ArcRecipe(StaticRecipe):
             clips.append({"caption": record["captions"][0], "z": read_entry(path)["z"]})
         return clips
 
-    def heldout_batch(self) -> dict:
-        """The held-out pairs, built once: val clips cropped like training clips and noised to heldout_logsnr
-        with fixed noise, their own captions' embeddings and a fixed derangement of them."""
+    def heldout_batch(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """The held-out pairs on `device`, built once on the CPU: val clips cropped like training clips and
+        noised to heldout_logsnr with fixed noise, their own captions' embeddings and a fixed derangement."""
         if self._heldout_batch is None:
             self.data  # noqa: B018 - reading the train data reads the held-out clips too
             frames = self.config["segment_frames"]
@@ -370,12 +372,13 @@ class ArcRecipe(StaticRecipe):
                 "valid": valid,
                 "frames": (torch.arange(frames)[None] < lengths[:, None]).float(),
             }
+        self._heldout_batch = to_device(self._heldout_batch, device)
         return self._heldout_batch
 
     @torch.no_grad()
     def prompt_match(self, disc: Discriminator) -> float:
         """D's prompt-match accuracy on the held-out pairs (0.5 is chance)."""
-        hb = self.heldout_batch()
+        hb = self.heldout_batch(module_device(disc))
         own, other = [], []
         for start in range(0, hb["x"].shape[0], HELDOUT_CHUNK):
             rows = slice(start, start + HELDOUT_CHUNK)
@@ -449,24 +452,27 @@ class ArcRecipe(StaticRecipe):
                 "(exported from --recipe static)."
             )
         gen, disc = modules["dit"], modules["disc"]
+        device = module_device(gen)
         group = self.group_for_step(step)
         if step % cfg["heldout_every"] == 0:
             self.last["d_match_acc"] = self.prompt_match(disc)
 
-        batch = self.batch(indices)
+        # every draw on the CPU, in the order it always had, then moved to the modules' device
+        batch = self.batch(indices, device)
         x0, known_mask = batch["x0"], batch["known_mask"]
         b = x0.shape[0]
         inputs = {key: batch[key] for key in ("text", "text_mask", "seconds", "controls", "control_mask")}
         inputs.update(known=x0, known_mask=known_mask)
 
         t = generator_times(b, cfg["g_logsnr_min"], cfg["g_logsnr_max"], cfg["p_t_one"])[:, None, None]
-        x_t = noise_to(x0, latent_noise(tuple(x0.shape), offset=self.noise_offset), t)
+        t = t.to(device)
+        x_t = noise_to(x0, latent_noise(tuple(x0.shape), offset=self.noise_offset).to(device), t)
         with torch.set_grad_enabled(group == GENERATOR):
             x0_hat = x_t - t * gen(x_t, t.flatten(), **inputs)
             fake = known_mask * x0 + (1 - known_mask) * x0_hat  # known frames are given, as when sampling
 
-        s = logsnr_uniform(b, cfg["d_logsnr_min"], cfg["d_logsnr_max"])
-        noise = latent_noise(tuple(x0.shape), offset=self.noise_offset)  # the same noise for both
+        s = logsnr_uniform(b, cfg["d_logsnr_min"], cfg["d_logsnr_max"]).to(device)
+        noise = latent_noise(tuple(x0.shape), offset=self.noise_offset).to(device)  # the same for both
         real_s, fake_s = noise_to(x0, noise, s[:, None, None]), noise_to(fake, noise, s[:, None, None])
         generated = 1.0 - known_mask[:, 0]  # [B, T]: the frames G made
 
@@ -481,19 +487,18 @@ class ArcRecipe(StaticRecipe):
             perm, valid = derangement(text_keys(batch["text"], batch["text_mask"]))
             # a clip drawn twice (at an epoch's edge) may carry two of its own captions: not a mismatch
             valid &= torch.tensor(indices) != torch.tensor(indices)[perm]
+            perm, valid = perm.to(device), valid.to(device)
             mismatched = {**inputs, "text": batch["text"][perm], "text_mask": batch["text_mask"][perm]}
             xs, rows = [real_s, fake_s, real_s], [inputs, inputs, mismatched]
             if cfg["r_penalty"] > 0:
-                xs += [
-                    real_s + cfg["r_sigma"] * torch.randn_like(x0),
-                    fake_s + cfg["r_sigma"] * torch.randn_like(x0),
-                ]
+                nudges = [torch.randn(x0.shape, dtype=x0.dtype).to(device) for _ in range(2)]
+                xs += [real_s + cfg["r_sigma"] * nudges[0], fake_s + cfg["r_sigma"] * nudges[1]]
                 rows += [inputs, inputs]
             scores = disc(torch.cat(xs), s.repeat(len(xs)), **_stack_inputs(rows)).chunk(len(xs))
             d_real, d_fake, d_mismatched = scores[:3]
             loss_g, loss_d = relativistic_losses(d_real, d_fake, generated)
             seconds_frames = (batch["seconds"] * self.codec.latent_rate).round()
-            in_clip = (torch.arange(x0.shape[-1])[None] < seconds_frames[:, None]).float()
+            in_clip = (torch.arange(x0.shape[-1], device=device)[None] < seconds_frames[:, None]).float()
             loss_c = contrastive_loss(d_real, d_mismatched, valid, in_clip)
             loss = loss_d + cfg["contrastive_weight"] * loss_c
             self.last.update(loss_c=float(loss_c.detach()), pairs=float(valid.float().mean()))
@@ -517,15 +522,11 @@ class ArcRecipe(StaticRecipe):
 
     @torch.no_grad()
     def sample(self, dit: DiT, caption: str, frames: int, steps: int, guidance: float) -> torch.Tensor:
-        """A latent [C, frames] for `caption` from noise by ping-pong steps (guidance 1: no CFG)."""
-        from pipelines.samplers import cfg_model, pingpong_times, sample_pingpong
+        """A latent [C, frames] for `caption` from noise by ping-pong steps (guidance 1: no CFG); each
+        step's fresh noise is drawn on the CPU and moved to the DiT's device (pipelines.samplers)."""
+        from pipelines.samplers import pingpong_times, sample_pingpong
 
-        text, text_mask = self.embed_text([caption])
-        seconds = torch.tensor([frames / self.codec.latent_rate])
-        cond = {"text": text, "text_mask": text_mask, "seconds": seconds}
-        uncond = {"text": text, "text_mask": torch.zeros_like(text_mask), "seconds": seconds}
-        x = latent_noise((1, self.codec.channels, frames), offset=self.noise_offset)
-        model = cfg_model(dit, cond, uncond, guidance, unguided_channels=self.codec.cfg.measured_dim)
+        model, x = self.guided(dit, caption, frames, guidance)
         return sample_pingpong(model, x, pingpong_times(steps), noise_offset=self.noise_offset)[0]
 
     def bundle_config(self) -> dict:

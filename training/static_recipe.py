@@ -24,7 +24,9 @@ pipelines and classifier-free guidance:
     clips without params are left out), softened over neighbouring BPM (`TEMPO_LABEL_SIGMA`), on the batch's
     captions plus `tempo_prior_captions` more per step, half of those from a pool of `tempo_caption_pool`
     captions written by the corpus captioner for the train clips' params at other tempos (so every BPM
-    in range is seen in words, not only the corpus's), weighted by `tempo_prior_weight`.
+    in range is seen in words, not only the corpus's), weighted by `tempo_prior_weight`. With
+    `p_grid_only`, a clip with a beat grid gets its beat and bar controls and no loudness or onsets: the
+    condition generation gives (the tempo prior's grid alone), which group dropout alone made rare (~2%).
 
 The measured latent channels of the codec (level, log-f0, voicing) can weigh more in the loss
 (`measured_weight`): each is one channel of 32, yet a wrong pitch or level is what a listener hears first.
@@ -38,11 +40,18 @@ the --init generator's hash. 0 (the default) trains every weight, from --init or
 It reads only the corpus manifest and the latent cache (`soundloom dataset encode DIR` makes it), never
 audio. All per-sample draws come from torch's global generator, which the trainer reseeds every step,
 in a fixed order, so a resumed run sees the same crops, captions, drops, times and noise.
+
+It trains on the trainer's device (cpu, cuda, mps: wherever the trainer put the modules). Every random
+tensor is still drawn on the CPU, from the same generator in the same order, and moved there only then:
+a CPU run is bit for bit what it was before the recipe could move, and a GPU run draws the same numbers.
+The text encoder and the codec stay on the CPU (caption embeddings are cached; the codec only decodes
+previews).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,6 +89,7 @@ DEFAULTS = {
     "p_pitch_from_text": 0.5,
     "p_drop_pitch": 0.1,
     "p_pitch_hint": 0.0,
+    "p_grid_only": 0.0,
     "pitch_prior_weight": 0.1,
     "pitch_prior_captions": 48,
     "tempo_prior_weight": 0.1,
@@ -97,13 +107,23 @@ DEFAULTS = {
 }
 PROBABILITIES = (
     "p_drop_text", "p_drop_control_group", "p_drop_controls", "p_known", "p_pitch_from_text", "p_drop_pitch",
-    "p_pitch_hint",
+    "p_pitch_hint", "p_grid_only",
 )  # fmt: skip
 KNOWN_FRACTION = (0.1, 0.9)  # a known span covers this share of the clip's frames
 EXPORT_SAMPLER = {"sampler": "euler", "steps": 50, "guidance": 4.0}
 TEMPO_UNKNOWN = -1  # a clip without params: its tempo is not known, and it does not teach the tempo prior
 TEMPO_LABEL_SIGMA = 1.0  # BPM: the tempo prior's target is a normal over whole-BPM classes around the truth
 TEMPO_POOL_SEED = 20261122  # the synthetic caption pool is the same in every run on the same data
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where a module's weights are: the device the trainer moved it to, on which its inputs must be."""
+    return next(module.parameters()).device
+
+
+def to_device(tensors: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Every tensor of a batch on `device` (the same objects when they are there already, as on the CPU)."""
+    return {key: value.to(device) for key, value in tensors.items()}
 
 
 def logit_normal(n: int, mean: float, std: float) -> torch.Tensor:
@@ -162,11 +182,11 @@ def tempo_class(bpm: float | None, cfg: DiTConfig) -> int:
 def tempo_targets(labels: torch.Tensor, classes: int) -> torch.Tensor:
     """Soft targets [B, classes + 1] for tempo labels [B] (class or `classes` for no pulse): a normal of
     TEMPO_LABEL_SIGMA BPM around a tempo (the prior's errors are ordinal: 121 for 120 is nearly right)."""
-    grid = torch.arange(classes + 1, dtype=torch.float32)
+    grid = torch.arange(classes + 1, dtype=torch.float32, device=labels.device)
     pulse = labels < classes
     weights = torch.exp(-0.5 * ((grid[None] - labels[:, None].float()) / TEMPO_LABEL_SIGMA) ** 2)
     weights[:, classes] = 0.0
-    none = torch.zeros(len(labels), classes + 1)
+    none = torch.zeros(len(labels), classes + 1, device=labels.device)
     none[:, classes] = 1.0
     out = torch.where(pulse[:, None], weights, none)
     return out / out.sum(dim=1, keepdim=True)
@@ -174,6 +194,7 @@ def tempo_targets(labels: torch.Tensor, classes: int) -> torch.Tensor:
 
 class StaticRecipe:
     name = "static"
+    devices = ("cpu", "cuda", "mps")
 
     def __init__(self, config: dict, data_dir: Path):
         self.config = cfg = recipe_settings("static", config, DEFAULTS)
@@ -390,8 +411,9 @@ class StaticRecipe:
                 mask[i, : r.shape[0]] = True
         return tokens, mask
 
-    def batch(self, indices: list[int]) -> dict[str, torch.Tensor | list]:
-        """Crops of `segment_frames` with their conditions, every draw from torch's (seeded) global RNG."""
+    def batch(self, indices: list[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Crops of `segment_frames` with their conditions on `device`, built on the CPU with every draw from
+        torch's (seeded) global RNG, so any device sees the same batch."""
         cfg, frames = self.config, self.config["segment_frames"]
         b = len(indices)
         starts, picks = torch.rand(b), torch.rand(b)
@@ -412,6 +434,7 @@ class StaticRecipe:
             captions.append(options[min(int(float(picks[i]) * len(options)), len(options) - 1)])
         keep_text = torch.rand(b) >= cfg["p_drop_text"]
         captions = [c if keep else "" for c, keep in zip(captions, keep_text.tolist())]
+        measured, measured_mask = controls.clone(), control_mask.clone()
         controls, control_mask = drop_controls(
             controls, control_mask, None, cfg["p_drop_control_group"], p_all=cfg["p_drop_controls"]
         )
@@ -434,7 +457,17 @@ class StaticRecipe:
                     values, present = pitch_hint(midi, n)
                     group = list(CONTROL_GROUPS["pitch"])
                     controls[i, group, :n], control_mask[i, group, :n] = values[group], present[group]
-        return {
+        if cfg["p_grid_only"] > 0:  # no draws otherwise: runs without it keep their streams
+            # generation's own condition: the beat and bar grid (the tempo prior's pick), no loudness or
+            # onsets. Left to group dropout alone, a clip met it ~2% of the time, and 4000 steps later the
+            # generated onsets sat no nearer the grid than chance.
+            grid = [*CONTROL_GROUPS["beat"], *CONTROL_GROUPS["bar"]]
+            has_grid = measured_mask[:, CONTROL_GROUPS["beat"][0], 0] > 0
+            level = [*CONTROL_GROUPS["loudness"], *CONTROL_GROUPS["onset"]]
+            for i in torch.nonzero((torch.rand(b) < cfg["p_grid_only"]) & has_grid).flatten().tolist():
+                controls[i, grid], control_mask[i, grid] = measured[i, grid], measured_mask[i, grid]
+                controls[i, level], control_mask[i, level] = 0.0, 0.0
+        batch = {
             "x0": x0,
             "pitch": pitch,
             "pitch_target": pitch_target,
@@ -446,6 +479,7 @@ class StaticRecipe:
             "control_mask": control_mask,
             "known_mask": known_mask,
         }
+        return to_device(batch, device)
 
     # ---------------------------------------------------------------- recipe protocol
 
@@ -460,7 +494,8 @@ class StaticRecipe:
         """Set the DiT's control skip (pipelines.dit) to the line from each control to the measured latent
         channel it measures: for log-f0 the exact one the two definitions give, for level and voicing the
         least-squares line over the frames of up to `clips` train clips where that control is present.
-        Deterministic: the first clips, no draws."""
+        Deterministic: the first clips, no draws; fitted on the CPU, where the data is, whatever the DiT's
+        device."""
         from pipelines.codec import F0_REF_HZ
         from pipelines.dit import SKIP_CONTROL_INDEX
 
@@ -472,7 +507,8 @@ class StaticRecipe:
                 channel = self.codec.channels - k + j
                 mean = float(self.codec.model.latent_mean[channel])
                 std = float(self.codec.model.latent_std[channel])
-                dit.control_skip[j] = torch.tensor([4.0 / std, (np.log2(440.0 / F0_REF_HZ) - mean) / std])
+                line = [4.0 / std, (np.log2(440.0 / F0_REF_HZ) - mean) / std]
+                dit.control_skip[j] = torch.tensor(line, device=dit.control_skip.device)
                 continue
             xs, ys = [], []
             for clip in self.data[:clips]:
@@ -489,7 +525,8 @@ class StaticRecipe:
             if x.numel() < 2 or float(x.var()) < 1e-8:
                 continue  # nothing to fit: the skip stays zero and the DiT learns alone
             slope = float(((x - x.mean()) * (y - y.mean())).mean() / x.var(unbiased=False))
-            dit.control_skip[j] = torch.tensor([slope, float(y.mean()) - slope * float(x.mean())])
+            line = [slope, float(y.mean()) - slope * float(x.mean())]
+            dit.control_skip[j] = torch.tensor(line, device=dit.control_skip.device)
 
     def dataset_size(self) -> int:
         return len(self.data)
@@ -574,8 +611,10 @@ class StaticRecipe:
     def loss(self, step: int, indices: list[int], modules: dict[str, torch.nn.Module]):
         cfg = self.config
         dit: DiT = modules["dit"]
-        batch = self.batch(indices)
+        device = module_device(dit)
+        batch = self.batch(indices, device)
         t = logit_normal(len(indices), cfg["t_mean"] + float(np.log(cfg["time_shift"])), cfg["t_std"])
+        t = t.to(device)
         per_sample = self.flow_loss(dit, batch, t)
         info = {
             "frac_text": float(batch["text_mask"].any(dim=1).float().mean()),
@@ -593,9 +632,10 @@ class StaticRecipe:
 
     def flow_loss(self, dit: DiT, batch: dict, t: torch.Tensor) -> torch.Tensor:
         """Per-sample rectified-flow loss [B] at flow times t: noise x0 (offset noise), run the DiT on every
-        condition of the batch, MSE to eps - x0 on the frames not given, measured channels weighted."""
+        condition of the batch, MSE to eps - x0 on the frames not given, measured channels weighted. The
+        noise is drawn on the CPU and moved to the batch's device."""
         x0, known_mask = batch["x0"], batch["known_mask"]
-        eps = latent_noise(tuple(x0.shape), offset=self.noise_offset)
+        eps = latent_noise(tuple(x0.shape), offset=self.noise_offset).to(x0.device)
         tt = t[:, None, None]
         v = dit(
             (1 - tt) * x0 + tt * eps,
@@ -609,7 +649,7 @@ class StaticRecipe:
             known_mask=known_mask,
             **({"pitch": batch["pitch"]} if self.dit_config.pitch_classes else {}),
         )
-        weight = self.channel_weight
+        weight = self.channel_weight.to(x0.device)
         k = self.dit_config.x0_channels
         if k:  # x0-predicted channels: their velocity error times t is the error of x̂0, which is the loss
             weight = weight[None].repeat(len(t), 1)
@@ -656,14 +696,16 @@ class StaticRecipe:
             captions.append(pool[j][0])
             labels.append(pool[j][1])
 
+        device = batch["text"].device
         keep = batch["text_mask"].any(dim=1) & (batch["tempo_target"] != TEMPO_UNKNOWN)
         parts = [(batch["text"][keep], batch["text_mask"][keep], batch["tempo_target"][keep])]
         if captions:
             text, mask = self.embed_text(captions)
-            parts.append((text, mask, torch.tensor(labels, dtype=torch.long)))
+            label = torch.tensor(labels, dtype=torch.long)
+            parts.append((text.to(device), mask.to(device), label.to(device)))
         parts = [p for p in parts if len(p[2])]
         if not parts:
-            return torch.zeros((), requires_grad=True), float("nan")
+            return torch.zeros((), requires_grad=True, device=device), float("nan")
         logits = torch.cat([dit.tempo_logits(text, mask) for text, mask, _ in parts]).float()
         target = torch.cat([p[2] for p in parts])
         loss = -(tempo_targets(target, classes) * logits.log_softmax(dim=1)).sum(dim=1).mean()
@@ -690,7 +732,8 @@ class StaticRecipe:
         keep = batch["text_mask"].any(dim=1)  # rows whose caption was not dropped
         parts = [(batch["text"][keep], batch["text_mask"][keep], batch["pitch_target"][keep])]
         if n:
-            parts.append((extra_text, extra_mask, extra_target))
+            device = batch["text"].device
+            parts.append((extra_text.to(device), extra_mask.to(device), extra_target.to(device)))
         parts = [p for p in parts if len(p[2])]
         logits = torch.cat([dit.pitch_logits(text, mask) for text, mask, _ in parts])
         target = torch.cat([p[2] for p in parts])
@@ -705,17 +748,29 @@ class StaticRecipe:
         records = read_manifest(self.data_dir, split="val") or read_manifest(self.data_dir, split="train")
         return records[0]["captions"][0] if records and records[0]["captions"] else ""
 
+    def guided(
+        self, dit: DiT, caption: str, frames: int, guidance: float
+    ) -> tuple[Callable[..., torch.Tensor], torch.Tensor]:
+        """(model, x): the DiT under classifier-free guidance for `caption`, and the starting noise [1, C,
+        frames] (drawn on the CPU from torch's global generator), both on the DiT's device."""
+        from pipelines.samplers import cfg_model
+
+        device = module_device(dit)
+        text, text_mask = self.embed_text([caption])
+        text, text_mask = text.to(device), text_mask.to(device)
+        seconds = torch.tensor([frames / self.codec.latent_rate]).to(device)
+        cond = {"text": text, "text_mask": text_mask, "seconds": seconds}
+        uncond = {"text": text, "text_mask": torch.zeros_like(text_mask), "seconds": seconds}
+        x = latent_noise((1, self.codec.channels, frames), offset=self.noise_offset).to(device)
+        model = cfg_model(dit, cond, uncond, guidance, unguided_channels=self.codec.cfg.measured_dim)
+        return model, x
+
     @torch.no_grad()
     def sample(self, dit: DiT, caption: str, frames: int, steps: int, guidance: float) -> torch.Tensor:
         """A latent [C, frames] for `caption` from noise by Euler steps with classifier-free guidance."""
-        from pipelines.samplers import cfg_model, rf_times, sample_euler
+        from pipelines.samplers import rf_times, sample_euler
 
-        text, text_mask = self.embed_text([caption])
-        seconds = torch.tensor([frames / self.codec.latent_rate])
-        cond = {"text": text, "text_mask": text_mask, "seconds": seconds}
-        uncond = {"text": text, "text_mask": torch.zeros_like(text_mask), "seconds": seconds}
-        x = latent_noise((1, self.codec.channels, frames), offset=self.noise_offset)
-        model = cfg_model(dit, cond, uncond, guidance, unguided_channels=self.codec.cfg.measured_dim)
+        model, x = self.guided(dit, caption, frames, guidance)
         return sample_euler(model, x, rf_times(steps, shift=float(self.config["time_shift"])))[0]
 
     def preview(self, step: int, modules: dict[str, torch.nn.Module], out_dir: Path) -> None:
@@ -732,7 +787,8 @@ class StaticRecipe:
             cfg["preview_guidance"],
         )
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_audio(self.codec.decode(z), out_dir / f"step{step:08d}_val0.wav")
+        # the codec stays on the CPU, whatever device the DiT trains on
+        save_audio(self.codec.decode(z.cpu()), out_dir / f"step{step:08d}_val0.wav")
         (out_dir / f"step{step:08d}_val0.txt").write_text(caption + "\n")
 
     def bundle_config(self) -> dict:
