@@ -44,6 +44,14 @@ def _number(text: str, kind: type, what: str):
         raise argparse.ArgumentTypeError(f"{what} must be {noun}, not '{text}'") from None
 
 
+def _whole(text: str) -> int:
+    return _number(text, int, "the value")
+
+
+def _decimal(text: str) -> float:
+    return _number(text, float, "the value")
+
+
 def _positive_int(text: str) -> int:
     value = _number(text, int, "the value")
     if value <= 0:
@@ -199,70 +207,189 @@ def _codec_roundtrip(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import json
     from dataclasses import replace
 
     from pipelines.audio import check_output_path
     from pipelines.errors import BadInput
 
-    if args.from_file and args.prompt is not None:
-        raise BadInput("Give either a PROMPT or --from FILE, not both.")
-    if not args.from_file and args.prompt is None:
-        raise BadInput("Give a PROMPT to generate from, or --from FILE to remake a sound.")
+    given = [
+        name
+        for name, value in (
+            ("a PROMPT", args.prompt),
+            ("--from FILE", args.from_file),
+            ("--prompts FILE", args.prompts),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise BadInput(f"Give either {given[0]} or {given[1]}, not both.")
+    if not given:
+        raise BadInput(
+            "Give a PROMPT to generate from, --from FILE to remake a sound, or --prompts FILE for a batch."
+        )
+    if args.prompts is not None:
+        return _generate_batch(args)
+    if args.format is not None:
+        raise BadInput("--format is for --prompts batches; with -o FILE its extension picks the format.")
     out = check_output_path(args.output)
-    outs = [out]
-    if args.variations > 1:
-        outs = [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(1, args.variations + 1)]
-    from pipelines.generator import load_generator, read_settings, settings_path, settings_record
+    _check_variations(args.variations)
+    from pipelines.generator import load_generator, read_settings, settings_record
 
     settings: dict = {"prompt": args.prompt, "seconds": 10.0}
-    model, made_with = args.model, None
+    model, made_with, stored_export = args.model, None, None
     if args.from_file:
         stored, record = read_settings(args.from_file)
-        settings, made_with = vars(stored), record.get("model_hash")
+        settings, made_with, stored_export = vars(stored), record.get("model_hash"), record.get("export")
         if model is None and record.get("model") and Path(record["model"]).is_dir():
             model = record["model"]
+    options = _export_options(args, stored_export, out)
+    options.check(out)
+    outs = _take_paths(out, args.variations)
     flags = {"seconds": args.seconds, "steps": args.steps, "seed": args.seed}
     settings.update({k: v for k, v in flags.items() if v is not None})  # flags given override the file
-    gen = load_generator(model)
+    gen = load_generator(model, **_inference_options(args))
     if made_with is not None and made_with != gen.bundle_hash:
         warnings.warn(
             f"{gen.bundle_path} is not the model bundle that made {args.from_file}, so the sound will differ.",
             stacklevel=2,
         )
-
-    from tqdm import tqdm
-
-    bar = None
-
-    def progress(state: dict) -> None:  # the bar starts at the first step, so bad input never draws one
-        nonlocal bar
-        if bar is None:
-            total = gen.last_settings.steps if gen.last_settings else None
-            bar = tqdm(total=total, desc="generating", unit="step", disable=not sys.stderr.isatty())
-        bar.update(1)
-
+    on_step, close = _step_progress("generating", total=lambda: gen.last_settings.steps)
     try:
-        audios = gen.generate_variations(**settings, variations=args.variations, callback=progress)
+        audios = gen.generate_variations(**settings, variations=args.variations, callback=on_step)
     finally:
-        if bar is not None:
-            bar.close()
-
-    from pipelines.atomic_files import write_atomic
-    from pipelines.audio import save_audio
+        close()
 
     used = gen.last_settings
     print(f"seed {used.seed}")
     for i, (audio, path) in enumerate(zip(audios, outs)):
         record = settings_record(replace(used, seed=used.seed + i), gen)  # remakes this file alone
-        save_audio(audio, path)
-        write_atomic(settings_path(path), json.dumps(record, indent=2) + "\n")
+        _write_take(audio, path, record, options)
         print(f"wrote {path}" + (f" (seed {used.seed + i})" if len(outs) > 1 else ""))
     return 0
 
 
-def _step_progress(desc: str):
-    """(callback, close) for a tqdm bar of sampler steps that starts at the first step (bad input draws none)."""
+def _generate_batch(args: argparse.Namespace) -> int:
+    """`generate --prompts FILE -o DIR`: every line checked (by the model too) before the first take is made."""
+    from dataclasses import asdict, replace
+
+    from app.prompt_list import at_line, read_prompt_list
+    from pipelines.errors import BadInput
+
+    prompts = _existing_file(args.prompts, "--prompts")
+    folder = _batch_folder(args.output)
+    suffix = "." + (args.format or "wav")
+    options = _export_options(args, None, folder / f"take{suffix}")
+    options.check(folder / f"take{suffix}")
+    _check_variations(args.variations)
+    lines = read_prompt_list(prompts)
+    from pipelines.generator import load_generator, settings_record
+
+    gen = load_generator(args.model, **_inference_options(args))
+    jobs = []
+    for line in lines:
+        try:
+            settings = gen.settings(
+                line.prompt,
+                seconds=_first_given(line.seconds, args.seconds, 10.0),
+                steps=_first_given(line.steps, args.steps),
+                seed=_first_given(line.seed, args.seed),
+            )
+        except BadInput as e:
+            raise at_line(prompts, line.line, e) from None
+        jobs.append((line, settings))
+    folder.mkdir(exist_ok=True)  # only now: a bad line leaves nothing behind
+    for k, (line, settings) in enumerate(jobs, start=1):
+        on_step, close = _step_progress(f"[{k}/{len(jobs)}]", total=settings.steps)
+        try:
+            audios = gen.generate_variations(**asdict(settings), variations=args.variations, callback=on_step)
+        finally:
+            close()
+        paths = _take_paths(folder / f"{line.name}{suffix}", args.variations)
+        for i, (audio, path) in enumerate(zip(audios, paths)):
+            _write_take(audio, path, settings_record(replace(settings, seed=settings.seed + i), gen), options)
+            print(f"[{k}/{len(jobs)}] wrote {path} (seed {settings.seed + i})", flush=True)
+    return 0
+
+
+def _first_given(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def _batch_folder(path: str) -> Path:
+    """-o of a batch: a folder (it may not exist yet, but the folder holding it must)."""
+    from pipelines.audio import OUTPUT_FORMATS
+    from pipelines.errors import BadInput
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise BadInput(
+            f"With --prompts, -o names a folder for the takes, and '{p}' is a file; give a folder."
+        )
+    if not p.exists() and p.suffix.lower() in OUTPUT_FORMATS:
+        raise BadInput(
+            f"With --prompts, -o names a folder for the takes, not a file like '{p.name}'; give a folder "
+            "(and --format for the files' format)."
+        )
+    if not p.parent.is_dir():
+        raise BadInput(f"The folder '{p.parent}' that would hold '{p.name}' does not exist; create it first.")
+    return p
+
+
+def _check_variations(variations: int) -> None:
+    from pipelines.errors import BadInput
+    from pipelines.generator import MAX_VARIATIONS
+
+    if variations > MAX_VARIATIONS:
+        raise BadInput(f"--variations must be between 1 and {MAX_VARIATIONS}, not {variations}.")
+
+
+def _take_paths(out: Path, variations: int) -> list[Path]:
+    """OUT itself, or OUT_1 .. OUT_V (before the extension) for V variations."""
+    if variations == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(1, variations + 1)]
+
+
+def _export_options(args: argparse.Namespace, stored: dict | None, out: Path):
+    """The export options of the flags given (verbs without export flags get the defaults); `stored` (an
+    "export" record from --from FILE) fills in the flags not given."""
+    from pipelines.export import DEFAULT_TRIM_DB, ExportOptions
+
+    flags = vars(args)
+    trim = flags.get("trim_db")
+    if trim is None and flags.get("trim"):
+        trim = DEFAULT_TRIM_DB
+    given = {
+        "sample_rate": flags.get("rate"),
+        "bits": flags.get("bits"),
+        "channels": flags.get("channels"),
+        "trim_db": trim,
+        "fade_in_ms": flags.get("fade_in"),
+        "fade_out_ms": flags.get("fade_out"),
+        "lufs": flags.get("lufs"),
+    }
+    base = ExportOptions.from_record(stored).to_record() if stored is not None else {}
+    if out.suffix.lower() in (".mp3", ".ogg"):
+        base.pop("bits", None)  # a remake as MP3 of a 24-bit WAV: the stored depth does not apply
+    return ExportOptions(**{**base, **{k: v for k, v in given.items() if v is not None}})
+
+
+def _write_take(audio, path: Path, record: dict, options, *, loop: bool = False) -> None:
+    """Write one take: the audio (with `record` and the export options embedded), then its settings file."""
+    import json
+
+    from pipelines.atomic_files import write_atomic
+    from pipelines.export import export_audio
+    from pipelines.generator import settings_path
+
+    record = {**record, "export": options.to_record()}
+    export_audio(audio, path, options, metadata=record, loop=loop)
+    write_atomic(settings_path(path), json.dumps(record, indent=2) + "\n")
+
+
+def _step_progress(desc: str, total=None):
+    """(callback, close) for a tqdm bar of sampler steps that starts at the first step (bad input draws none);
+    `total` is the bar's length, or a function giving it then (the steps are settled by that time)."""
     from tqdm import tqdm
 
     bar = None
@@ -270,7 +397,12 @@ def _step_progress(desc: str):
     def on_step(state: dict) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(desc=desc, unit="step", disable=not sys.stderr.isatty())
+            bar = tqdm(
+                total=total() if callable(total) else total,
+                desc=desc,
+                unit="step",
+                disable=not sys.stderr.isatty(),
+            )
         bar.update(1)
 
     def close() -> None:
@@ -280,35 +412,41 @@ def _step_progress(desc: str):
     return on_step, close
 
 
-def _run_pipeline(args: argparse.Namespace, make, *, source: Path | None = None, describe=None) -> int:
-    """Shared by the pipeline verbs: check -o, load the model, run `make(gen, callback, info)`, write the
-    audio and its settings file (OUT.json) atomically. `describe(info)` may add a line after the seed."""
-    import json
-
+def _run_pipeline(
+    args: argparse.Namespace, make, *, source: Path | None = None, describe=None, loop: bool = False
+) -> int:
+    """Shared by the pipeline verbs: check -o and the export options, load the model, run
+    `make(gen, callback, info, seed)` once per variation (seed, then the seed it drew + 1, ...), write each
+    take with its settings file (OUT.json). `describe(info)` may add a line after the seed."""
     from pipelines.audio import check_output_path
 
     out = check_output_path(args.output)
+    options = _export_options(args, None, out)
+    options.check(out, loop=loop)
+    variations = vars(args).get("variations", 1)
+    _check_variations(variations)
+    outs = _take_paths(out, variations)
     from pipelines.generator import load_generator
 
     gen = load_generator(args.model)
-    from pipelines.atomic_files import write_atomic
-    from pipelines.audio import save_audio
     from pipelines.conditioned import pipeline_record
-    from pipelines.generator import settings_path
 
-    info: dict = {}
-    on_step, close = _step_progress(args.verb)
-    try:
-        audio = make(gen, on_step, info)
-    finally:
-        close()
-    record = pipeline_record({**info, "source": str(source) if source else None}, gen)
-    print(f"seed {info['seed']}")
-    if describe is not None:
-        print(describe(info))
-    save_audio(audio, out)
-    write_atomic(settings_path(out), json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    seed = args.seed
+    for i, path in enumerate(outs):
+        info: dict = {}
+        on_step, close = _step_progress(args.verb)
+        try:
+            audio = make(gen, on_step, info, seed)
+        finally:
+            close()
+        if i == 0:
+            print(f"seed {info['seed']}")
+            if describe is not None:
+                print(describe(info))
+        seed = info["seed"] + 1
+        record = pipeline_record({**info, "source": str(source) if source else None}, gen)
+        _write_take(audio, path, record, options, loop=loop)
+        print(f"wrote {path}" + (f" (seed {info['seed']})" if len(outs) > 1 else ""))
     return 0
 
 
@@ -325,14 +463,14 @@ def _transform(args: argparse.Namespace) -> int:
     source = _load_input(args.input)
     from pipelines.transform import transform
 
-    def make(gen, callback, info):
+    def make(gen, callback, info, seed):
         return transform(
             gen,
             source,
             args.prompt,
             strength=args.strength,
             keep=keep,
-            seed=args.seed,
+            seed=seed,
             steps=args.steps,
             callback=callback,
             info=info,
@@ -349,8 +487,8 @@ def _voice(args: argparse.Namespace) -> int:
     source = path if path.suffix.lower() in MIDI_SUFFIXES else _load_input(args.input)
     from pipelines.voice import voice
 
-    def make(gen, callback, info):
-        return voice(gen, source, args.prompt, seed=args.seed, steps=args.steps, callback=callback, info=info)
+    def make(gen, callback, info, seed):
+        return voice(gen, source, args.prompt, seed=seed, steps=args.steps, callback=callback, info=info)
 
     return _run_pipeline(args, make, source=path)
 
@@ -370,7 +508,7 @@ def _beats(args: argparse.Namespace) -> int:
         raise BadInput("Give the tempo with --bpm B, or a track to follow with --align-to TRACK.")
     from pipelines.loops import beats
 
-    def make(gen, callback, info):
+    def make(gen, callback, info, seed):
         return beats(
             gen,
             args.prompt,
@@ -381,7 +519,7 @@ def _beats(args: argparse.Namespace) -> int:
             loop=args.loop,
             align_to=track,
             downbeat_offset=args.downbeat_offset,
-            seed=args.seed,
+            seed=seed,
             steps=args.steps,
             callback=callback,
             info=info,
@@ -394,20 +532,21 @@ def _beats(args: argparse.Namespace) -> int:
             f"in sync when started {info['starts_at_s']:.3f} s into {args.align_to} ({info['bpm']:.2f} BPM)"
         )
 
-    return _run_pipeline(args, make, source=Path(args.align_to) if args.align_to else None, describe=describe)
+    source = Path(args.align_to) if args.align_to else None
+    return _run_pipeline(args, make, source=source, describe=describe, loop=args.loop)
 
 
 def _extend(args: argparse.Namespace) -> int:
     source = _load_input(args.input)
     from pipelines.edit import extend
 
-    def make(gen, callback, info):
+    def make(gen, callback, info, seed):
         return extend(
             gen,
             source,
             args.prompt,
             seconds=args.seconds,
-            seed=args.seed,
+            seed=seed,
             steps=args.steps,
             callback=callback,
             info=info,
@@ -420,14 +559,14 @@ def _repaint(args: argparse.Namespace) -> int:
     source = _load_input(args.input)
     from pipelines.edit import repaint
 
-    def make(gen, callback, info):
+    def make(gen, callback, info, seed):
         return repaint(
             gen,
             source,
             args.prompt,
             start=args.start,
             end=args.end,
-            seed=args.seed,
+            seed=seed,
             steps=args.steps,
             callback=callback,
             info=info,
@@ -451,7 +590,7 @@ def _live(args: argparse.Namespace) -> int:
 
     if args.output is not None:
 
-        def make(gen, callback, info):
+        def make(gen, callback, info, seed):
             import numpy as np
 
             from pipelines.audio import Audio
@@ -462,7 +601,7 @@ def _live(args: argparse.Namespace) -> int:
                 morph_to=args.morph,
                 alpha=args.alpha,
                 seconds=args.seconds,
-                seed=args.seed,
+                seed=seed,
                 steps=args.steps,
                 info=info,
             )
@@ -543,6 +682,9 @@ def _train(args: argparse.Namespace) -> int:
     init = _existing_dir(args.init, "--init") if args.init else None
     from training.trainer import parse_overrides, train
 
+    overrides = parse_overrides(args.set)
+    if args.device:
+        overrides["device"] = args.device
     path = train(
         args.recipe,
         data,
@@ -551,13 +693,43 @@ def _train(args: argparse.Namespace) -> int:
         config_path=config,
         init_bundle=init,
         resume=args.resume,
-        overrides=parse_overrides(args.set),
+        overrides=overrides,
     )
-    print(f"last checkpoint: {path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        print(f"last checkpoint: {path}")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from pipelines.errors import BadInput
+
+    if args.what == "steps":
+        return _bench_steps(args)
+    for flag, value in _steps_only_flags(args).items():
+        if value is not None:
+            raise BadInput(f"{flag} is for `{PROG} bench steps`; `bench {args.what}` does not take it.")
+    if args.what != "generate":
+        for flag, value in {**_inference_flags(args), "--options": args.options or None}.items():
+            if value is not None:
+                raise BadInput(
+                    f"{flag} is for `{PROG} bench generate` and `bench steps`, not `bench {args.what}`."
+                )
+    models = args.model or []
+    if len(models) > 1:
+        raise BadInput(f"Only `{PROG} bench steps` takes several --model; `bench {args.what}` measures one.")
+    args.model = models[0] if models else None
+    if args.steps is not None:
+        if len(args.steps) > 1:
+            raise BadInput(
+                f"--steps takes one number here; a list such as 1,2,4,8 is for `{PROG} bench steps`."
+            )
+        args.steps = args.steps[0]
+    if args.what == "load":
+        return _bench_load(args)
+
+    for flag, given in (("--requests", args.requests), ("--seconds", args.seconds), ("--steps", args.steps)):
+        if given is not None:
+            raise BadInput(f"{flag} is for `{PROG} bench load`; `bench {args.what}` does not take it.")
     if args.what == "generate":
         return _bench_generate(args)
     if args.what == "pipelines":
@@ -572,6 +744,24 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_load(args: argparse.Namespace) -> int:
+    from pipelines.errors import BadInput
+
+    for flag, given in (("--data", args.data), ("--update-card", args.update_card)):
+        if given:
+            raise BadInput(
+                f"{flag} is for `{PROG} bench codec`; `bench load` takes --model, --requests, --seconds, "
+                "--steps and --json."
+            )
+    model = _existing_dir(args.model, "--model") if args.model else None
+    json_out = _output_file(args.json, "--json") if args.json else None
+    from app.bench_load import REQUESTS, run_bench
+
+    settings = {"seconds": args.seconds} if args.seconds is not None else {}  # else the studio's default
+    run_bench(model, json_out, requests=args.requests or REQUESTS, steps=args.steps, **settings)  # + table
+    return 0
+
+
 def _bench_generate(args: argparse.Namespace) -> int:
     from pipelines.errors import BadInput
 
@@ -579,9 +769,73 @@ def _bench_generate(args: argparse.Namespace) -> int:
         if given:
             raise BadInput(f"{flag} is for `{PROG} bench codec`; `bench generate` takes --model and --json.")
     json_out = _output_file(args.json, "--json") if args.json else None
+    options = _inference_options(args)
+    if args.options:
+        if options:
+            raise BadInput(
+                f"--options measures every inference option against the default; leave out {', '.join(_inference_flags(args))}."
+            )
+        from training.bench_generate import run_options_bench
+
+        run_options_bench(args.model, json_out)  # prints its own table
+        return 0
     from training.bench_generate import run_bench
 
-    run_bench(args.model, json_out)  # prints its own table
+    run_bench(args.model, json_out, options=options)  # prints its own table
+    return 0
+
+
+def _steps_only_flags(args: argparse.Namespace) -> dict:
+    return {
+        "--prompts": args.prompts,
+        "--judge": args.judge,
+        "--samples": args.samples,
+        "--max-prompts": args.max_prompts,
+        "--split": args.split,
+        "--sampler": args.sampler,
+        "--guidance": args.guidance,
+        "--png": args.png,
+    }
+
+
+def _bench_steps(args: argparse.Namespace) -> int:
+    from pipelines.bundle import ASSETS_DIR
+    from pipelines.errors import BadInput
+
+    for flag, given in (
+        ("--requests", args.requests),
+        ("--seconds", args.seconds),
+        ("--update-card", args.update_card or None),
+        ("--options", args.options or None),
+    ):
+        if given is not None:
+            raise BadInput(f"{flag} is not for `{PROG} bench steps`; see `{PROG} bench --help`.")
+    if not args.model:
+        raise BadInput(
+            "Give the generator bundles to measure, e.g. --model assets/generator --model assets/generator-base@euler."
+        )
+    prompts = _existing_file(args.prompts or str(ASSETS_DIR / "prompts" / "dev.jsonl"), "--prompts")
+    data = _existing_dir(args.data, "--data") if args.data else None
+    judge = _existing_dir(args.judge, "--judge") if args.judge else None
+    json_out = _output_file(args.json, "--json") if args.json else None
+    png_out = _output_file(args.png, "--png") if args.png else None
+    from training.bench_steps import run
+
+    run(  # prints its own table
+        args.model,
+        prompts,
+        args.steps or [1, 2, 4, 8],
+        data=data,
+        judge_path=judge,
+        sampler=args.sampler,
+        guidance=args.guidance,
+        options=_inference_options(args),
+        samples=args.samples or 5,
+        max_prompts=args.max_prompts,
+        split=args.split or "test",
+        json_out=json_out,
+        png_out=png_out,
+    )
     return 0
 
 
@@ -598,8 +852,41 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle_kind(folder: Path) -> str | None:
+    """The `kind` a bundle's model.json declares (None when unreadable: the loader then says what is wrong)."""
+    import json
+
+    try:
+        return json.loads((folder / "model.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _eval(args: argparse.Namespace) -> int:
+    from pipelines.errors import BadInput
+
     model = _existing_dir(args.model, "--model")
+    if _bundle_kind(model) == "embedder":  # held-out retrieval figures of an audio embedder
+        sampling = {"--sampler": args.sampler, "--guidance": args.guidance, **_inference_flags(args)}
+        for flag, value in sampling.items():
+            if value is not None:
+                raise BadInput(f"{flag} is for evaluating a generator; {model} is an embedder.")
+        if not args.data:
+            raise BadInput("Evaluating an embedder needs the corpus to measure on; pass --data DIR.")
+        from training.embedder_eval import run as run_embedder_eval
+
+        run_embedder_eval(
+            model,
+            _existing_dir(args.data, "--data"),
+            split=args.split,
+            json_out=_output_file(args.json, "--json") if args.json else None,
+            update_card=args.update_card,
+        )
+        return 0
+    if not args.prompts:
+        raise BadInput(
+            "Evaluating a generator needs its prompts; pass --prompts FILE (assets/prompts/dev.jsonl)."
+        )
     prompts = _existing_file(args.prompts, "--prompts")
     data = _existing_dir(args.data, "--data") if args.data else None
     judge = _existing_dir(args.judge, "--judge") if args.judge else None
@@ -612,6 +899,9 @@ def _eval(args: argparse.Namespace) -> int:
         data=data,
         judge_path=judge,
         steps=args.steps,
+        sampler=args.sampler,
+        guidance=args.guidance,
+        options=_inference_options(args),
         samples=args.samples,
         seed=args.seed,
         max_prompts=args.max_prompts,
@@ -656,6 +946,29 @@ def _bundle_export(args: argparse.Namespace) -> int:
 
     path = export_run(run, out, data_dir=data)
     print(f"bundle written to {path or out}")
+    return 0
+
+
+def _bundle_pack_adapter(args: argparse.Namespace) -> int:
+    adapter = _existing_dir(args.adapter, "bundle pack-adapter")
+    out = _output_file(args.out, "--out")
+    from pipelines.lora import pack_adapter
+
+    print(f"adapter packed into {pack_adapter(adapter, out)}")
+    return 0
+
+
+def _bundle_import_adapter(args: argparse.Namespace) -> int:
+    from pipelines.errors import BadInput
+
+    if not Path(args.source).exists():
+        raise BadInput(f"'{args.source}' given to bundle import-adapter does not exist; check the path.")
+    into = _output_dir(args.into, "--into")
+    base = _existing_dir(args.base, "--base") if args.base else None
+    from pipelines.lora import import_adapter
+
+    path = import_adapter(args.source, into, base=base, name=args.name)
+    print(f"adapter imported as {path}")
     return 0
 
 
@@ -719,6 +1032,81 @@ def _version() -> str:
 # ---------------------------------------------------------------- parser
 
 
+def _export_parent() -> argparse.ArgumentParser:
+    """The export flags every sound-making verb shares (pipelines.export.ExportOptions checks the values)."""
+    parent = _Parser(add_help=False)
+    g = parent.add_argument_group("export (how the file is written; defaults keep the sound as made)")
+    g.add_argument("--rate", type=_whole, metavar="HZ", help="sample rate: 44100 (default) or 48000")
+    g.add_argument("--bits", type=_whole, metavar="N", help="bit depth of .wav and .flac: 16 (default) or 24")
+    g.add_argument("--channels", type=_whole, metavar="N", help="2 stereo (default) or 1 mono")
+    g.add_argument(
+        "--trim", action="store_true", help="cut leading and trailing silence (quieter than -60 dBFS)"
+    )
+    g.add_argument(
+        "--trim-db", type=_decimal, metavar="DB", help="--trim with this threshold (-120..-10 dBFS)"
+    )
+    g.add_argument("--fade-in", type=_decimal, metavar="MS", help="raised-cosine fade-in (0..60000 ms)")
+    g.add_argument("--fade-out", type=_decimal, metavar="MS", help="raised-cosine fade-out (0..60000 ms)")
+    g.add_argument(
+        "--lufs",
+        type=_decimal,
+        metavar="LUFS",
+        help="integrated loudness target (BS.1770, -60..0); never pushes the peak above -1 dBFS",
+    )
+    return parent
+
+
+def _inference_parent() -> argparse.ArgumentParser:
+    """How the generator's DiT runs (pipelines/inference.py checks the values; an absent device is refused)."""
+    parent = _Parser(add_help=False)
+    g = parent.add_argument_group("inference (how the generator runs; default: bf16 on the CPU)")
+    g.add_argument("--no-bf16", action="store_true", help="run the DiT and the codec in float32")
+    g.add_argument(
+        "--int8",
+        action="store_true",
+        help="dynamic int8 quantisation of the DiT blocks' linear layers (float32 around them; CPU only)",
+    )
+    g.add_argument(
+        "--compile", action="store_true", help="torch.compile the DiT (falls back uncompiled with a warning)"
+    )
+    g.add_argument("--threads", type=_positive_int, metavar="N", help="torch threads (default: torch's)")
+    g.add_argument("--device", choices=["cpu", "cuda", "mps"], help="where the DiT samples (default cpu)")
+    return parent
+
+
+def _inference_flags(args: argparse.Namespace) -> dict:
+    """The inference flags given ({flag: value}; flags left out are absent)."""
+    flags = {
+        "--no-bf16": args.no_bf16 or None,
+        "--int8": args.int8 or None,
+        "--compile": args.compile or None,
+        "--threads": args.threads,
+        "--device": args.device,
+    }
+    return {flag: value for flag, value in flags.items() if value is not None}
+
+
+def _inference_options(args: argparse.Namespace) -> dict:
+    """load_generator's keywords for the inference flags given."""
+    names = {
+        "--no-bf16": "bf16",
+        "--int8": "int8",
+        "--compile": "compile",
+        "--threads": "threads",
+        "--device": "device",
+    }
+    flags = _inference_flags(args)
+    return {names[flag]: (False if flag == "--no-bf16" else value) for flag, value in flags.items()}
+
+
+def _step_list(text: str) -> list[int]:
+    """'8' or '1,2,4,8': whole numbers above 0."""
+    values = [_number(part.strip(), int, "--steps") for part in text.split(",") if part.strip()]
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be whole numbers above 0 (e.g. 8, or 1,2,4,8), not '{text}'")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     from training.recipes import RECIPES  # a registry of lazy factories: no torch here
 
@@ -726,8 +1114,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    def verb(name: str, help: str, handler) -> argparse.ArgumentParser:
-        p = verbs.add_parser(name, help=help, description=help)
+    def verb(name: str, help: str, handler, parents=()) -> argparse.ArgumentParser:
+        p = verbs.add_parser(name, help=help, description=help, parents=list(parents))
         if handler is not None:
             p.set_defaults(handler=handler)
         return p
@@ -737,6 +1125,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model(p: argparse.ArgumentParser, required: bool = False) -> None:
         p.add_argument("--model", required=required, metavar="BUNDLE", help="model bundle folder")
+
+    def variations(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--variations",
+            type=_positive_int,
+            default=1,
+            metavar="V",
+            help="make V sounds (seeds SEED..SEED+V-1) written as OUT_1 .. OUT_V before the extension",
+        )
+
+    export = _export_parent()
+    inference = _inference_parent()
 
     p = verb("studio", "open the browser studio", _studio)
     p.add_argument(
@@ -756,40 +1156,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     model(p)
 
-    p = verb("generate", "make sound from a text prompt", _generate)
+    p = verb("generate", "make sound from a text prompt", _generate, parents=[export, inference])
     p.epilog = (
-        "Beside each output file goes its settings (prompt, seconds, steps, seed, guidance, sampler and "
-        "the model bundle's hash) as OUT.json, e.g. song.wav.json: a plain sidecar file, so every format "
-        "carries them the same way. `--from song.wav` reads song.wav.json and makes the same sound again; "
-        "--seconds, --steps and --seed given with --from override the stored values."
+        "Each output file carries its settings (prompt, seconds, steps, seed, guidance, sampler, the model "
+        "bundle's hash and the export options) in its own metadata and beside it as OUT.json, e.g. "
+        "song.wav.json. `--from song.wav` reads song.wav.json (or, without it, the settings inside "
+        "song.wav) and makes the same file again; --seconds, --steps, --seed and export options given "
+        "with --from override the stored values. `--prompts FILE -o DIR` makes one take per line of "
+        'FILE (.txt: one prompt a line; .jsonl: {"prompt", "seconds", "steps", "seed", '
+        '"name"} a line), every line checked before the first take is made.'
     )
     p.add_argument("prompt", nargs="?", metavar="PROMPT")
     p.add_argument(
         "--from",
         dest="from_file",
         metavar="FILE",
-        help="remake a generated file from the settings in its sidecar FILE.json",
+        help="remake a generated file from its sidecar FILE.json, or the settings embedded in FILE",
+    )
+    p.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="a batch: one take per line of FILE (.txt or .jsonl), written into the folder -o DIR",
+    )
+    p.add_argument(
+        "--format",
+        choices=["wav", "flac", "mp3"],
+        help="the takes' format with --prompts (default wav); with -o FILE the extension decides",
     )
     p.add_argument("--seconds", type=_seconds, help="length in seconds (default 10)")
     p.add_argument("--steps", type=_positive_int, help="sampling steps (default: the model's, 50)")
     p.add_argument("--seed", type=_seed, help="seed for the noise (default: random, printed)")
-    p.add_argument(
-        "--variations",
-        type=_positive_int,
-        default=1,
-        metavar="V",
-        help="make V sounds (seeds SEED..SEED+V-1) written as OUT_1 .. OUT_V before the extension",
-    )
+    variations(p)
     model(p)
-    output(p)
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output file (.wav .flac .mp3); a folder with --prompts",
+    )
 
     def sampling(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seed", type=_seed, help="seed for the noise (default: random, printed)")
         p.add_argument("--steps", type=_positive_int, help="sampling steps (default: the model's)")
 
-    pipeline_epilog = "Beside the output goes OUT.json with the settings, seed and model hash that made it."
+    pipeline_epilog = (
+        "The settings, seed, model hash and export options that made the output are embedded in it and "
+        "written beside it as OUT.json."
+    )
 
-    p = verb("transform", "restyle a sound with a prompt", _transform)
+    p = verb("transform", "restyle a sound with a prompt", _transform, parents=[export])
     p.epilog = pipeline_epilog
     p.add_argument("input", metavar="INPUT")
     p.add_argument("prompt", metavar="PROMPT")
@@ -801,25 +1217,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to keep from the input: rhythm, melody, loudness",
     )
     sampling(p)
+    variations(p)
     model(p)
     output(p)
 
-    p = verb("voice", "turn a voice recording (or a MIDI file) into sound", _voice)
+    p = verb("voice", "turn a voice recording (or a MIDI file) into sound", _voice, parents=[export])
     p.epilog = pipeline_epilog
     p.add_argument("input", metavar="INPUT", help="a recording (.wav .flac .ogg .mp3) or a MIDI file (.mid)")
     p.add_argument("prompt", metavar="PROMPT")
     sampling(p)
+    variations(p)
     model(p)
     output(p)
 
-    p = verb("beats", "make a beat-locked loop", _beats)
+    p = verb("beats", "make a beat-locked loop", _beats, parents=[export])
     p.epilog = pipeline_epilog
     p.add_argument("prompt", metavar="PROMPT")
     p.add_argument("--bpm", type=_bpm, help="tempo (20..400); with --align-to, the track's when left out")
     p.add_argument("--bars", type=_positive_int, required=True)
     p.add_argument("--meter", default="4/4")
     p.add_argument("--key", metavar="K", help="e.g. A minor, F#, Ebm")
-    p.add_argument("--loop", action="store_true", help="make the end run on seamlessly into the start")
+    p.add_argument(
+        "--loop",
+        action="store_true",
+        help="make the end run on seamlessly into the start (WAV output gets smpl loop points)",
+    )
     p.add_argument("--align-to", metavar="TRACK", help="follow this track's tempo and start on its downbeat")
     p.add_argument(
         "--downbeat-offset",
@@ -828,25 +1250,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="the track's first downbeat in seconds (default: detected)",
     )
     sampling(p)
+    variations(p)
     model(p)
     output(p)
 
-    p = verb("extend", "continue a sound", _extend)
+    p = verb("extend", "continue a sound", _extend, parents=[export])
     p.epilog = pipeline_epilog
     p.add_argument("input", metavar="INPUT")
     p.add_argument("prompt", metavar="PROMPT")
     p.add_argument("--seconds", type=_seconds, required=True)
     sampling(p)
+    variations(p)
     model(p)
     output(p)
 
-    p = verb("repaint", "regenerate a span of a sound", _repaint)
+    p = verb("repaint", "regenerate a span of a sound", _repaint, parents=[export])
     p.epilog = pipeline_epilog
     p.add_argument("input", metavar="INPUT")
     p.add_argument("prompt", metavar="PROMPT")
     p.add_argument("--start", type=_float_in(0, 3600, low_open=False), required=True, metavar="A")
     p.add_argument("--end", type=_float_in(0, 3600), required=True, metavar="B")
     sampling(p)
+    variations(p)
     model(p)
     output(p)
 
@@ -931,6 +1356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument(
+        "--device", choices=["cpu", "cuda", "mps"], help="where to train (default: the config's, else cpu)"
+    )
 
     p = verb("experiment", "run a recipe comparison", _experiment)
     p.add_argument("name", choices=["stage-adaptive"])
@@ -951,12 +1379,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-prompts", type=_positive_int, metavar="N", help="default: every prompt")
     p.add_argument("--final-steps", type=_positive_int, default=50, metavar="N")
 
-    p = verb("eval", "evaluate a model", _eval)
+    p = verb("eval", "evaluate a model", _eval, parents=[inference])
     model(p, required=True)
     p.add_argument(
-        "--prompts", required=True, metavar="FILE", help="JSON Lines prompts (assets/prompts/dev.jsonl)"
+        "--prompts",
+        metavar="FILE",
+        help="JSON Lines prompts (assets/prompts/dev.jsonl); a generator needs them, an embedder does not",
     )
     p.add_argument("--steps", type=_positive_int, help="sampling steps (default: the bundle's)")
+    p.add_argument("--sampler", choices=["euler", "heun", "pingpong"], help="sampler (default: the bundle's)")
+    p.add_argument(
+        "--guidance",
+        type=_float_in(0, 20, low_open=False),
+        metavar="G",
+        help="CFG scale 0..20 (default: the bundle's; 1 is none)",
+    )
     p.add_argument("--json", metavar="OUT", help="also write every figure and generation as JSON")
     p.add_argument(
         "--data", metavar="DIR", help="corpus to compare with (default: the one in the model card)"
@@ -974,12 +1411,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--update-card", action="store_true", help="record the headline figures in the bundle's model card"
     )
 
-    p = verb("bench", "measure speed and quality", _bench)
-    p.add_argument("what", choices=["codec", "generate", "pipelines"])
+    p = verb("bench", "measure speed and quality", _bench, parents=[inference])
+    p.epilog = (
+        "bench steps: the eval's figures (judge and librosa FD, pitch and tempo accuracy, adherence, CCDS) at "
+        "each of --steps (default 1,2,4,8) for each --model BUNDLE[@SAMPLER], drawn to --png and written to "
+        "--json. bench generate --options: every inference option against the default, same prompts."
+    )
+    p.add_argument("what", choices=["codec", "generate", "pipelines", "load", "steps"])
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
-    p.add_argument("--data", metavar="DIR", help="corpus whose test split to measure (codec)")
+    p.add_argument(
+        "--requests", type=_positive_int, metavar="N", help="concurrent studio requests (load; default 16)"
+    )
+    p.add_argument("--seconds", type=_seconds, metavar="S", help="seconds per request (load; default 4)")
+    p.add_argument(
+        "--steps",
+        type=_step_list,
+        metavar="N",
+        help="sampling steps (load; default: model's); steps: a list 1,2,4,8",
+    )
+    p.add_argument("--data", metavar="DIR", help="corpus whose test split to measure (codec, steps)")
     p.add_argument("--update-card", action="store_true", help="record the figures in the bundle's model card")
-    model(p)
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="BUNDLE",
+        help="model bundle folder (steps: several, each BUNDLE[@SAMPLER])",
+    )
+    p.add_argument(
+        "--options", action="store_true", help="generate: time every inference option against the default"
+    )
+    p.add_argument("--prompts", metavar="FILE", help="steps: prompts (default assets/prompts/dev.jsonl)")
+    p.add_argument("--judge", metavar="BUNDLE", help="steps: judge embedder bundle (default: assets/judge)")
+    p.add_argument("--samples", type=_samples, metavar="K", help="steps: generations per prompt (default 5)")
+    p.add_argument("--max-prompts", type=_positive_int, metavar="N", help="steps: evenly spaced subset")
+    p.add_argument("--split", choices=["test", "val"], help="steps: the corpus split (default test)")
+    p.add_argument(
+        "--sampler", choices=["euler", "heun", "pingpong"], help="steps: for models without @SAMPLER"
+    )
+    p.add_argument(
+        "--guidance", type=_float_in(0, 20, low_open=False), metavar="G", help="steps: CFG scale 0..20"
+    )
+    p.add_argument("--png", metavar="OUT", help="steps: draw the curves to this PNG")
 
     p = verb("bundle", "package a trained model", None)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -990,6 +1462,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run", required=True, metavar="RUN")
     q.add_argument("--data", required=True, metavar="DIR")
     q.add_argument("--out", required=True, metavar="DIR")
+    help = "write a LoRA adapter bundle as one file to share"
+    q = actions.add_parser("pack-adapter", help=help, description=help)
+    q.set_defaults(handler=_bundle_pack_adapter)
+    q.add_argument("adapter", metavar="ADAPTER", help="adapter bundle folder (bundle export of a LoRA run)")
+    q.add_argument(
+        "--out", required=True, metavar="FILE", help="the file to write (e.g. my-sounds.safetensors)"
+    )
+    help = "check a shared LoRA adapter against its base generator and copy it into a models folder"
+    q = actions.add_parser("import-adapter", help=help, description=help)
+    q.set_defaults(handler=_bundle_import_adapter)
+    q.add_argument("source", metavar="SOURCE", help="a packed adapter file or an adapter bundle folder")
+    q.add_argument("--into", required=True, metavar="DIR", help="the models folder to copy it into")
+    q.add_argument("--base", metavar="BUNDLE", help="its base generator (default: found by its hash)")
+    q.add_argument("--name", help="the adapter's folder name there (default: its own)")
 
     verb("doctor", "check this machine's setup", _doctor)
     return parser

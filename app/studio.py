@@ -11,9 +11,12 @@ unless told otherwise, one generation at a time through a bounded queue, files s
 the output folder, which may not hold the home folder, uploads capped, no fetching of URLs for
 clients).
 
-Tabs and their API names (the CLI's verbs): Generate (/generate), Transform (/transform), Voice
-(/voice), Beats (/beats), Edit (/extend and /repaint). A tab that takes a file reads it only from
-Gradio's upload folder: what a client names as a path is never opened.
+Tabs and their API names (the CLI's verbs): Generate (/generate), Live (/live: a morph preview,
+/live_stream: an endless stream; app/live_room.py), Transform (/transform), Voice (/voice), Beats
+(/beats), Edit (/extend and /repaint), Models (/models lists the bundles, /switch_model changes the
+studio's model; app/models_room.py), Train (the training room, app/train_room.py; its events have no
+API names). A tab that takes a file reads it only from Gradio's upload folder: what a client names as a
+path is never opened.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import ctypes  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import secrets  # noqa: E402
@@ -33,7 +37,7 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+from contextlib import ExitStack, contextmanager  # noqa: E402
 from dataclasses import asdict, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -81,6 +85,61 @@ def default_outputs() -> Path:
 # ---------------------------------------------------------------- state and event handlers
 
 
+class GenerationLock:
+    """One generation at a time, used as `with studio._run_lock:` by every tab, with each of `guards` (context
+    manager factories) held around the generation: the Train tab suspends its run meanwhile, so a sound made
+    on the cores a run trains on comes as quickly as without it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.guards: list = []
+        self._held: ExitStack | None = None
+
+    def __enter__(self) -> GenerationLock:
+        self._lock.acquire()
+        stack = ExitStack()
+        try:
+            for guard in self.guards:
+                stack.enter_context(guard())
+        except BaseException:
+            stack.close()
+            self._lock.release()
+            raise
+        self._held = stack  # the lock is held, so no other generation can overwrite it
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stack, self._held = self._held, None
+        try:
+            if stack is not None:
+                stack.close()
+        finally:
+            self._lock.release()
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (macOS, musl, Windows)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+@contextmanager
+def _freed_memory_handed_back():
+    """Held around each generation: afterwards, the heap memory it freed goes back to the system. glibc keeps
+    freed memory in its arenas (one per worker thread Gradio runs a handler on) for reuse, so without this the
+    studio's resident size ratchets up with each burst of requests; `soundloom bench load` measures it."""
+    try:
+        yield
+    finally:
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
+
+
 class Studio:
     """The studio's state and handlers: one generator, loaded lazily once, and the output folder."""
 
@@ -89,7 +148,9 @@ class Studio:
         self.outputs = Path(outputs if outputs is not None else default_outputs()).expanduser().resolve()
         self._generator: Generator | None = None
         self._load_lock = threading.Lock()
-        self._run_lock = threading.Lock()  # the queue runs one generation at a time; direct calls too
+        self._run_lock = GenerationLock()  # the queue runs one generation at a time; direct calls too
+        self.generation_guards = self._run_lock.guards  # held around each generation (the Train tab's pause)
+        self.generation_guards.append(_freed_memory_handed_back)
         self.config = self._bundle_config()
 
     # -------------------------------------------------------- the model
@@ -130,6 +191,27 @@ class Studio:
             if self._generator is None:
                 self._generator = load_generator(self.model)
             return self._generator
+
+    @property
+    def model_path(self) -> Path:
+        """The folder of the bundle the studio uses now (the bundled default when none was given)."""
+        return Path(self.model or default_generator_path()).resolve()
+
+    def model_folders(self) -> list[tuple[str, Path]]:
+        """Where the Models tab looks for bundles, as (what to call it, folder): the bundled models and
+        the output folder's models/ (export a bundle there to find it in the studio)."""
+        return [("bundled", default_generator_path().parent), ("models folder", self.outputs / "models")]
+
+    def switch_model(self, model: str | Path) -> Generator:
+        """Make the bundle at `model` the studio's model. It is loaded (checksums verified) before anything
+        changes, so a broken bundle is refused with its BadInput and the old model stays. A generation
+        already running finishes on the model it started with; generations asked for later use the new one."""
+        path = Path(model).resolve()
+        with self._load_lock:  # a generator() call waits for the switch and gets the new model
+            gen = load_generator(path)
+            self.model, self._generator = path, gen
+            self.config = self._bundle_config()
+        return gen
 
     def preload(self) -> None:
         """Load the model in the background after the page is up, so the first click does not wait."""
@@ -467,6 +549,8 @@ def _said_in_one_sentence():
 
 def build_app(studio: Studio) -> gr.Blocks:
     """The studio's page: components and the events that connect them to `studio`'s handlers."""
+    from app import live_room, models_room, train_room  # they import this module: imported here, once loaded
+
     max_seconds = studio.max_seconds
     with gr.Blocks(title="soundloom studio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         history = gr.State([])
@@ -549,10 +633,13 @@ def build_app(studio: Studio) -> gr.Blocks:
             api_visibility="private",
         )
 
+        live_room.live_tab(studio, demo)
         _transform_tab(studio)
         _voice_tab(studio)
         _beats_tab(studio)
         _edit_tab(studio)
+        train_room.train_tab(studio)
+        models_room.models_tab(studio)
     return demo
 
 

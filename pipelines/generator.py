@@ -21,13 +21,15 @@ head, not parsed: where it finds a steady pulse (P(no pulse) < 1/2), its most li
 beat-phase control on every frame (downbeat at 0; `tempo_controls`), in both halves of guidance, so the
 beat lands on a grid and text still decides everything else. `self.last_tempo_bpm` says what it chose.
 
+How the DiT runs (bf16, int8, torch.compile, threads, device) is load_generator's keywords, described in
+pipelines/inference.py; `gen.options` holds them.
+
 Randomness comes only from the seed: the same settings give bit-identical audio, and variation i of
 a batch uses seed + i, so it can be remade alone.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
@@ -44,6 +46,7 @@ from pipelines.codec import Codec, load_codec
 from pipelines.controls import CONTROL_GROUPS, CONTROL_NAMES, beat_grid_controls, pitch_hint
 from pipelines.dit import DiT, DiTConfig
 from pipelines.errors import BadInput
+from pipelines.inference import InferenceOptions, apply_threads, sampling_model
 from pipelines.samplers import (
     cfg_model,
     latent_noise,
@@ -104,10 +107,16 @@ class Generator:
         config: dict,
         *,
         bf16: bool = True,
+        int8: bool = False,
+        compile: bool = False,
+        threads: int | None = None,
+        device: str = "cpu",
         bundle_path: Path | None = None,
         bundle_hash: str | None = None,
         base_path: Path | None = None,
     ):
+        self.options = InferenceOptions(bf16, int8, compile, threads, device).check()
+        apply_threads(self.options)
         self.dit = dit.eval()
         self.codec = codec
         self.text_encoder = text_encoder
@@ -116,10 +125,8 @@ class Generator:
         self.bundle_path = bundle_path
         self.bundle_hash = bundle_hash
         self.base_path = base_path  # a LoRA adapter's base generator (bundle_path is then the adapter)
-        # A bf16 copy for sampling: ~30% faster than autocast on CPU, which re-casts weights every call.
-        self._sampling_dit = copy.deepcopy(dit).to(torch.bfloat16).eval() if bf16 else self.dit
-        if bf16 and dit.cfg.x0_channels:  # the control lines stay float32: bf16 would put notes ~5 cents off
-            self._sampling_dit.control_skip.data = dit.control_skip.detach().float().clone()
+        # what the samplers run: a bf16 (or int8, compiled, on-device) copy, or the DiT itself
+        self._sampling_dit = sampling_model(self.dit, self.options)
         self.last_settings: GenerationSettings | None = None
         self.last_tempo_bpm: float | None = None
         self.last_pitch_midi: int | None = None
@@ -271,11 +278,8 @@ class Generator:
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
             raise BadInput(f"steps must be a whole number from 1 to {MAX_STEPS}, not {steps!r}.")
         guidance = self.default_guidance if guidance is None else guidance
-        if not _is_number(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
-            raise BadInput(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}, not {guidance!r}.")
         sampler = self.default_sampler if sampler is None else sampler
-        if sampler not in SAMPLERS:
-            raise BadInput(f"Unknown sampler {sampler!r}; use one of {', '.join(sorted(SAMPLERS))}.")
+        check_sampling(sampler, guidance)
         if seed is None:
             seed = secrets.randbelow(2**31)  # not from torch's global generator: a call never moves it
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -377,6 +381,14 @@ def _prior_pick(logits: torch.Tensor, none_threshold: float) -> int | None:
     return None if float(probs[-1]) >= none_threshold else int(probs[:-1].argmax())
 
 
+def check_sampling(sampler: str | None = None, guidance: float | None = None) -> None:
+    """Refuse an unknown sampler or a guidance scale out of range, in one sentence (None: not given)."""
+    if sampler is not None and sampler not in SAMPLERS:
+        raise BadInput(f"Unknown sampler {sampler!r}; use one of {', '.join(sorted(SAMPLERS))}.")
+    if guidance is not None and (not _is_number(guidance) or not 0 <= guidance <= MAX_GUIDANCE):
+        raise BadInput(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}, not {guidance!r}.")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -385,9 +397,19 @@ def _is_number(value) -> bool:
 
 
 def load_generator(
-    bundle: str | Path | None = None, *, bf16: bool = True, base: str | Path | None = None
+    bundle: str | Path | None = None,
+    *,
+    bf16: bool = True,
+    base: str | Path | None = None,
+    int8: bool = False,
+    compile: bool = False,
+    threads: int | None = None,
+    device: str = "cpu",
 ) -> Generator:
     """The generator of a bundle folder (None: the bundled default in assets/generator).
+
+    bf16, int8, compile, threads and device say how its DiT runs (pipelines/inference.py); they are
+    checked before anything loads.
 
     A LoRA adapter bundle (pipelines/lora.py) gives its base generator with the adapter merged into the DiT:
     the base is `base` when given (it must be the generator the adapter was trained on, by hash), else found
@@ -397,6 +419,7 @@ def load_generator(
     from pipelines.bundle import bundle_hash, load_bundle
     from pipelines.lora import ADAPTER_KIND, apply_adapter, find_base
 
+    options = InferenceOptions(bf16, int8, compile, threads, device).check()
     path = Path(bundle) if bundle is not None else default_generator_path()
     if not (path / "model.json").is_file():
         if bundle is None:
@@ -452,7 +475,7 @@ def load_generator(
         codec,
         text_encoder,
         config,
-        bf16=bf16,
+        **asdict(options),
         bundle_path=named.path,
         bundle_hash=bundle_hash(named.path),
         base_path=b.path if adapter is not None else None,

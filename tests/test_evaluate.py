@@ -14,6 +14,7 @@ import torch
 import app.cli as cli
 from pipelines.audio import Audio
 from pipelines.bundle import save_bundle
+from pipelines.errors import BadInput
 from training import eval_metrics as em
 from training import evaluate as ev
 
@@ -337,6 +338,15 @@ def test_eval_malformed_prompts_file(capsys, tmp_path):
     assert "Line 2" in line and "bpm" in line
 
 
+def test_eval_of_a_generator_needs_prompts_and_of_an_embedder_needs_data(capsys, tmp_path):
+    model = tiny_generator_bundle(tmp_path / "gen")
+    code, _, err = run_main(capsys, "eval", "--model", model)
+    assert "pass --prompts" in one_line_error(code, err)
+    embedder = save_bundle(tmp_path / "emb", {}, {"embedder": {"w": torch.zeros(2)}}, kind="embedder")
+    code, _, err = run_main(capsys, "eval", "--model", embedder)
+    assert "pass --data" in one_line_error(code, err)
+
+
 @pytest.mark.parametrize("samples", ["3", "0", "five"])
 def test_eval_too_few_samples(capsys, tmp_path, prompts_file, samples):
     argv = ["eval", "--model", tmp_path, "--prompts", prompts_file, "--samples", samples]
@@ -404,3 +414,188 @@ def test_eval_end_to_end_with_a_fake_generator(capsys, tmp_path, prompts_file, m
     assert report["headline"]["fd_judge"] is None and report["headline"]["fill_rate"] == 1.0
     assert report["headline"]["reference_clips"] == 3
     assert len(report["generations"]) == 5 and all(g["seconds"] == 0.75 for g in report["generations"])
+
+
+class RecordingGenerator(FakeGenerator):
+    """A FakeGenerator that takes the sampler and guidance overrides, and records them."""
+
+    default_sampler = "euler"
+
+    def __init__(self):
+        self.sampling = []
+
+    def generate(self, prompt, *, seconds, steps=None, seed=None, **sampling):
+        self.sampling.append({"steps": steps, **sampling})
+        return good_fake(prompt, seconds, seed)
+
+
+def test_eval_overrides_the_sampler_guidance_and_inference_options(
+    capsys, tmp_path, prompts_file, monkeypatch
+):
+    import pipelines.bundle
+    import pipelines.generator
+
+    data = write_corpus(tmp_path / "corpus")
+    model = tiny_generator_bundle(tmp_path / "gen", {"data_dir": str(data)})
+    fake, loaded = RecordingGenerator(), {}
+    monkeypatch.setattr(
+        pipelines.generator, "load_generator", lambda path, **options: loaded.update(options) or fake
+    )
+    monkeypatch.setattr(pipelines.bundle, "ASSETS_DIR", tmp_path / "no-assets")
+    out = tmp_path / "report.json"
+    argv = [
+        "--steps",
+        "8",
+        "--sampler",
+        "pingpong",
+        "--guidance",
+        "1",
+        "--int8",
+        "--threads",
+        "1",
+        "--json",
+        out,
+    ]
+    code, stdout, err = run_main(capsys, "eval", "--model", model, "--prompts", prompts_file, *argv)
+    assert code == 0, err
+    assert loaded == {"int8": True, "threads": 1}  # the inference options reach load_generator
+    assert fake.sampling == [{"steps": 8, "sampler": "pingpong", "guidance": 1.0}] * 5
+    config = json.loads(out.read_text())["config"]
+    assert (config["steps"], config["sampler"], config["guidance"]) == (8, "pingpong", 1.0)
+    assert config["inference"] == "int8+1 thread"
+    assert "8 pingpong steps, guidance 1.0, int8+1 thread" in stdout
+
+    fake.sampling.clear()  # without overrides the bundle's own sampler and guidance are reported
+    code, _, err = run_main(capsys, "eval", "--model", model, "--prompts", prompts_file, "--json", out)
+    assert code == 0, err
+    assert fake.sampling == [{"steps": None}] * 5
+    config = json.loads(out.read_text())["config"]
+    assert (config["sampler"], config["guidance"], config["inference"]) == ("euler", 3.0, "bf16")
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--guidance", "25"], "--guidance: must be at least 0 and at most 20"),
+        (["--guidance", "-1"], "--guidance"),
+        (["--sampler", "ddim"], "invalid choice: 'ddim'"),
+        (["--threads", "0"], "--threads"),
+        (["--device", "tpu"], "invalid choice: 'tpu'"),
+    ],
+)
+def test_eval_refuses_bad_sampling_flags_in_one_line(capsys, tmp_path, prompts_file, argv, needle):
+    model = tiny_generator_bundle(tmp_path / "gen")
+    code, _, err = run_main(capsys, "eval", "--model", model, "--prompts", prompts_file, *argv)
+    assert needle in one_line_error(code, err)
+
+
+def test_eval_refuses_an_absent_device_and_bad_overrides_before_measuring(
+    capsys, tmp_path, prompts_file, monkeypatch
+):
+    data = write_corpus(tmp_path / "corpus")
+    model = tiny_generator_bundle(tmp_path / "gen", {"data_dir": str(data)})
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured the reference despite bad input")
+
+    monkeypatch.setattr(ev, "reference_set", no_measuring)
+    if not torch.cuda.is_available():
+        code, _, err = run_main(
+            capsys, "eval", "--model", model, "--prompts", prompts_file, "--device", "cuda"
+        )
+        assert "no CUDA GPU" in one_line_error(code, err)
+    for kwargs, needle in (
+        ({"sampler": "ddim"}, "Unknown sampler"),
+        ({"guidance": 30.0}, "guidance must be"),
+    ):
+        with pytest.raises(BadInput, match=needle):
+            ev.run(model, prompts_file, **kwargs)
+    embedder = save_bundle(tmp_path / "emb", {}, {"embedder": {"w": torch.zeros(2)}}, kind="embedder")
+    code, _, err = run_main(capsys, "eval", "--model", embedder, "--data", data, "--int8")
+    assert "--int8 is for evaluating a generator" in one_line_error(code, err)
+
+
+# ---------------------------------------------------------------- bench steps
+
+
+@pytest.fixture
+def steps_setup(tmp_path, monkeypatch) -> dict:
+    """A working tiny generator bundle (random weights), the fake corpus, a judge bundle that loads as
+    FakeJudge, and a prompt file of one short prompt."""
+    from test_generator import tiny_generator_bundle as working_generator_bundle
+
+    import pipelines.embedders
+
+    judge = save_bundle(tmp_path / "judge", {}, {"embedder": {"w": torch.zeros(2)}}, kind="embedder")
+    monkeypatch.setattr(pipelines.embedders, "load_embedder", lambda path: FakeJudge())
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": PROMPTS[2]["prompt"], "kind": "one-shot", "seconds": 0.5}) + "\n"
+    )
+    return {
+        "model": working_generator_bundle(tmp_path / "models"),
+        "data": write_corpus(tmp_path / "corpus"),
+        "judge": judge,
+        "prompts": prompts,
+    }
+
+
+def test_bench_steps_evaluates_every_curve_at_every_step_count(capsys, tmp_path, steps_setup):
+    s = steps_setup
+    out, png = tmp_path / "steps" / "steps.json", tmp_path / "steps" / "steps.png"
+    code, stdout, err = run_main(
+        capsys, "bench", "steps", "--model", s["model"], "--model", f"{s['model']}@pingpong", "--steps", "2,1",
+        "--prompts", s["prompts"], "--data", s["data"], "--judge", s["judge"], "--json", out, "--png", png,
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["config"]["steps"] == [1, 2] and report["config"]["data"] == str(s["data"])
+    curves = report["curves"]
+    assert [c["label"] for c in curves] == ["generator", "generator @pingpong"]
+    assert [c["sampler"] for c in curves] == ["euler", "pingpong"]  # the bundle's own, then the override
+    for curve in curves:
+        assert [p["steps"] for p in curve["points"]] == [1, 2]
+        for point in curve["points"]:
+            assert (
+                point["config"]["steps"] == point["steps"] and point["config"]["sampler"] == curve["sampler"]
+            )
+            head = point["headline"]
+            assert head["generations"] == 5 and head["prompts"] == 1
+            for key in ("fd_judge", "fd_librosa", "adherence", "ccds"):
+                assert isinstance(head[key], float), key
+    # the same seeds and prompts at every point: other samplers give other sound at 2 steps (at 1 step
+    # Euler and ping-pong are the same map, x1 - v: both predict x0 once and stop there)
+    fd = [[p["headline"]["fd_librosa"] for p in c["points"]] for c in curves]
+    assert fd[0][0] == pytest.approx(fd[1][0], rel=1e-4) and fd[0][1] != fd[1][1]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "generator @pingpong" in stdout and "judge FD" in stdout and f"wrote {png}" in stdout
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--model", "{model}@ddim"], "the sampler 'ddim'"),
+        (["--model", "{tmp}/nowhere"], "does not exist"),
+        (["--model", "{judge}"], "not a generator"),
+        (["--model", "{model}", "--model", "{model}"], "given twice"),
+        (["--model", "{model}", "--steps", "0"], "--steps"),
+        (["--model", "{model}", "--guidance", "99"], "--guidance"),
+        (["--model", "{model}", "--options"], "--options is not for"),
+    ],
+)
+def test_bench_steps_refuses_bad_input_before_evaluating(
+    capsys, tmp_path, steps_setup, monkeypatch, extra, needle
+):
+    import training.evaluate
+
+    def no_eval(*args, **kwargs):
+        raise AssertionError("evaluated despite bad input")
+
+    monkeypatch.setattr(training.evaluate, "run", no_eval)
+    s = steps_setup
+    fill = {"model": s["model"], "tmp": tmp_path, "judge": s["judge"]}
+    argv = [a.format(**fill) for a in extra]
+    code, _, err = run_main(capsys, "bench", "steps", *argv, "--prompts", s["prompts"], "--data", s["data"])
+    assert needle in one_line_error(code, err)
+    code, _, err = run_main(capsys, "bench", "generate", "--png", tmp_path / "x.png")
+    assert "--png is for `soundloom bench steps`" in one_line_error(code, err)

@@ -882,6 +882,34 @@ def read_manifest(directory: Path, split: str | None = None) -> list[dict]:
     return [r for r in records if split is None or r["split"] == split]
 
 
+def save_captions(directory: Path | str, edits: dict[str, str]) -> int:
+    """Make each edited caption the clip's first caption in the manifest; returns how many changed."""
+    directory = Path(directory)
+    records = read_manifest(directory)
+    known = {r["id"] for r in records}
+    unknown = sorted(set(edits) - known)
+    if unknown:
+        raise BadInput(
+            f"The dataset has no clip '{unknown[0]}'; reload the captions table and edit it again."
+        )
+    changed = 0
+    for record in records:
+        text = edits.get(record["id"])
+        if text is None:
+            continue
+        text = " ".join(str(text).split())
+        if not text:
+            raise BadInput(f"The caption of '{record['id']}' is empty; write a few words about the sound.")
+        if record["captions"] and record["captions"][0] == text:
+            continue
+        record["captions"] = [text, *[c for c in record["captions"][1:] if c != text]]
+        record.setdefault("params", {})["caption_source"] = "edited"
+        changed += 1
+    if changed:
+        write_atomic(directory / MANIFEST, "".join(json.dumps(r) + "\n" for r in records))
+    return changed
+
+
 def require_clip_audio(directory: Path, records: list[dict]) -> None:
     """BadInput when any record's audio file is missing (a corpus copied in part, or files deleted); said
     before a reader starts its progress bar or writes anything."""

@@ -486,9 +486,11 @@ def format_report(report: dict) -> str:
     """The headline, the real clips' ceiling beside it, and the per-category breakdown, as plain text."""
     head, ceiling = report["headline"], report["ceiling"]["overall"]
     config = report["config"]
+    sampling = " ".join(str(part) for part in (config["steps"], config.get("sampler"), "steps") if part)
     lines = [
-        f"model {config['model']} ({config['model_hash'][:12]}), {config['steps']} steps, guidance "
-        f"{config['guidance']}, {config['samples']} samples x {head['prompts']} prompts, seed {config['seed']}",
+        f"model {config['model']} ({config['model_hash'][:12]}), {sampling}, guidance {config['guidance']}, "
+        f"{config.get('inference') or 'bf16'}, {config['samples']} samples x {head['prompts']} prompts, "
+        f"seed {config['seed']}",
         f"reference: {head['reference_clips']} {config['split']} clips of {config['data']}",
         "",
         f"{'':<38} {'generated':>10} {config['split'] + ' clips':>11}",
@@ -545,6 +547,9 @@ def run(
     data: Path | str | None = None,
     judge_path: Path | str | None = None,
     steps: int | None = None,
+    sampler: str | None = None,
+    guidance: float | None = None,
+    options: dict | None = None,
     samples: int = DEFAULT_SAMPLES,
     seed: int = 0,
     max_prompts: int | None = None,
@@ -559,12 +564,21 @@ def run(
     card under "eval" (the per-generation rows stay in the JSON). `verbose=False` draws no progress bars
     and prints no table (for callers that run many evaluations, such as `soundloom experiment`).
 
+    `steps`, `sampler` and `guidance` override the bundle's sampling defaults (so a base model can be
+    graded at 8 ping-pong steps); `options` are load_generator's inference keywords (bf16, int8, compile,
+    threads, device: pipelines/inference.py), so what `--int8` does to quality is measured, not assumed.
+
     Inputs are checked before anything heavy loads. Without `judge_path` the bundled judge
     (assets/judge) is used when it exists; without it the judge-space figures are None, with a note.
     """
     from pipelines.bundle import ASSETS_DIR, bundle_hash, load_bundle
+    from pipelines.generator import check_sampling
+    from pipelines.inference import InferenceOptions
 
     started = time.time()
+    check_sampling(sampler, guidance)
+    options = dict(options or {})
+    inference = InferenceOptions(**options).check()  # an absent device is refused before the reference
     if samples < MIN_SAMPLES:
         raise BadInput(
             f"--samples must be at least {MIN_SAMPLES} (CCDS diversity needs them), not {samples}."
@@ -604,13 +618,19 @@ def run(
 
     from pipelines.generator import load_generator
 
-    generator = load_generator(model)
+    generator = load_generator(model, **options)
     max_seconds = float(getattr(generator, "max_seconds", float("inf")))
-    guidance = getattr(generator, "default_guidance", None) or bundle.config.get("guidance")
+    overrides = {k: v for k, v in (("sampler", sampler), ("guidance", guidance)) if v is not None}
+    if guidance is None:
+        guidance = getattr(generator, "default_guidance", None) or bundle.config.get("guidance")
+    if sampler is None:
+        sampler = getattr(generator, "default_sampler", None) or bundle.config.get("sampler", "euler")
 
     def generate_fn(text: str, seconds: float, sample_seed: int) -> Audio:
         return _first(
-            generator.generate(text, seconds=min(seconds, max_seconds), steps=steps, seed=sample_seed)
+            generator.generate(
+                text, seconds=min(seconds, max_seconds), steps=steps, seed=sample_seed, **overrides
+            )
         )
 
     from tqdm import tqdm
@@ -638,6 +658,8 @@ def run(
         "model_hash": bundle_hash(model),
         "steps": steps or getattr(generator, "default_steps", None) or bundle.config.get("steps"),
         "guidance": guidance,
+        "sampler": sampler,
+        "inference": inference.label,
         "samples": samples,
         "seed": seed,
         "split": split,

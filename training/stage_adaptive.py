@@ -113,6 +113,7 @@ import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -124,7 +125,10 @@ from pipelines.errors import BadInput
 from pipelines.samplers import latent_noise, noise_to
 from training.recipes import recipe_settings
 from training.static_recipe import DEFAULTS as STATIC_DEFAULTS
-from training.static_recipe import StaticRecipe, logit_normal
+from training.static_recipe import StaticRecipe, logit_normal, module_device, to_device
+
+if TYPE_CHECKING:
+    from pipelines.embedders import LatentEmbedder
 
 DEFAULTS = {
     **STATIC_DEFAULTS,  # data, conditions and dropout as `static`; t_mean / t_std only with use_timesteps off
@@ -300,7 +304,7 @@ class AlignHead(nn.Module):
 def token_mask(lengths: torch.Tensor, frames: int, patch: int) -> torch.Tensor:
     """[B, ceil(frames / patch)] True where a token covers at least one of the clip's frames."""
     n = -(-frames // patch)
-    return torch.arange(n)[None] * patch < lengths[:, None]
+    return torch.arange(n, device=lengths.device)[None] * patch < lengths[:, None]
 
 
 def scaled_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -436,7 +440,7 @@ class BlockSketch(nn.Module):
         rows = []
         for block in dit.blocks:
             params = [p.detach().float().flatten() for p in block.parameters()]
-            rows.append(torch.cat([p[i] for p, i in zip(params, self.index)]))
+            rows.append(torch.cat([p[i.to(p.device)] for p, i in zip(params, self.index)]))
         return torch.stack(rows)
 
     def descriptors(self, now: torch.Tensor) -> np.ndarray:
@@ -448,7 +452,7 @@ class BlockSketch(nn.Module):
             update = (now[:, part] - self.values[:, part]).square().mean(1).sqrt()
             weight = now[:, part].square().mean(1).sqrt()
             feats.append(torch.log(update + DESCRIPTOR_EPS) - torch.log(weight + DESCRIPTOR_EPS))
-        return torch.stack(feats, 1).double().numpy()
+        return torch.stack(feats, 1).cpu().double().numpy()
 
 
 @dataclass
@@ -645,9 +649,10 @@ class StageAdaptiveRecipe(StaticRecipe):
             return min(step / self.config["schedule_steps"], 1.0)
         return self.tracker.r
 
-    def probe_set(self) -> dict:
-        """The probe clips (first segment_frames of each), captions, masks, fixed noise and clean embeddings."""
-        if self._probe is not None:
+    def probe_set(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """The probe clips (first segment_frames of each), captions, masks, fixed noise and clean embeddings,
+        on `device` (built on the CPU, the noise from its own fixed generator; embedded on `device`)."""
+        if self._probe is not None and self._probe["x0"].device == torch.device(device):
             return self._probe
         from training.latent_cache import is_current, latent_root, read_entry
 
@@ -688,21 +693,21 @@ class StageAdaptiveRecipe(StaticRecipe):
             x0[i, :, :n] = z[:, :n].float()
             lengths.append(n)
         lengths = torch.tensor(lengths)
-        mask = torch.arange(frames)[None] < lengths[:, None]
         text, text_mask = self.embed_text([r["captions"][0] for r in records])
         g = torch.Generator().manual_seed(PROBE_SEED)
-        with torch.autocast(x0.device.type, enabled=False), torch.no_grad():
-            clean = self.ssl.embed_latents(x0, mask)
-        self.probe_identity = identity
-        self._probe = {
+        probe = {
             "x0": x0,
             "noise": latent_noise(tuple(x0.shape), g, float(self.config["noise_offset"])),
-            "mask": mask,
+            "mask": torch.arange(frames)[None] < lengths[:, None],
             "seconds": lengths.float() / self.codec.latent_rate,
             "text": text,
             "text_mask": text_mask,
-            "clean": clean,
         }
+        probe = to_device(probe, device)
+        with torch.autocast(torch.device(device).type, enabled=False), torch.no_grad():
+            probe["clean"] = self.teacher(device).embed_latents(probe["x0"], probe["mask"])
+        self.probe_identity = identity
+        self._probe = probe
         return self._probe
 
     def _split_records(self, split: str) -> list[dict]:
@@ -717,36 +722,44 @@ class StageAdaptiveRecipe(StaticRecipe):
     @torch.no_grad()
     def probe_discrepancy(self, dit: DiT) -> float:
         """D: 1 - cosine between the SSL embeddings of the one-step predictions and of the clean clips."""
-        p = self.probe_set()
+        device = module_device(dit)
+        p = self.probe_set(device)
         total, count = 0.0, 0
         for t in self.config["probe_times"]:
             for start in range(0, p["x0"].shape[0], PROBE_CHUNK):
                 rows = slice(start, start + PROBE_CHUNK)
                 x_t = noise_to(p["x0"][rows], p["noise"][rows], float(t))
-                tt = torch.full((x_t.shape[0],), float(t))
+                tt = torch.full((x_t.shape[0],), float(t), device=device)
                 v = dit(
                     x_t, tt, text=p["text"][rows], text_mask=p["text_mask"][rows], seconds=p["seconds"][rows]
                 )
                 x0_hat = (x_t - float(t) * v.float()).float()
                 with torch.autocast(x0_hat.device.type, enabled=False):
-                    emb = self.ssl.embed_latents(x0_hat, p["mask"][rows])
+                    emb = self.teacher(device).embed_latents(x0_hat, p["mask"][rows])
                 total += float((1.0 - (emb * p["clean"][rows]).sum(-1)).sum())
                 count += x_t.shape[0]
         return max(total / count, 1e-12)
 
     # ---------------------------------------------------------------- SSL features of the clean crops
 
+    def teacher(self, device: torch.device | str) -> LatentEmbedder:
+        """The SSL embedder, its net moved to `device` (it is no trainer module: nothing else moves it)."""
+        if module_device(self.ssl.net) != torch.device(device):
+            self.ssl.net.to(device)
+        return self.ssl
+
     def clean_features(self, x0: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """SSL embeddings [B, dim] of each clip's frames of x0 [B, C, T], each computed alone in float32
-        and cached under a hash of the crop's latent."""
+        on x0's device and cached under a hash of the crop's latent."""
         rows = []
         for crop, n in zip(x0, lengths):
             crop = crop[:, :n].float().contiguous()
-            key = hashlib.blake2b(crop.numpy().tobytes(), digest_size=16).digest() + n.to_bytes(4, "little")
+            data = crop.cpu().numpy().tobytes()
+            key = hashlib.blake2b(data, digest_size=16).digest() + n.to_bytes(4, "little")
             feature = self._ssl_cache.get(key)
             if feature is None:
                 with torch.autocast(crop.device.type, enabled=False), torch.no_grad():
-                    feature = self.ssl.embed_latents(crop[None])[0]
+                    feature = self.teacher(crop.device).embed_latents(crop[None])[0]
                 if self.config["ssl_cache_size"]:
                     self._ssl_cache[key] = feature
                     if len(self._ssl_cache) > self.config["ssl_cache_size"]:
@@ -798,7 +811,8 @@ class StageAdaptiveRecipe(StaticRecipe):
         if step % cfg["group_every"] == 0:
             self._check_structure(step, dit, modules["sketch"], r)
 
-        batch = self.batch(indices)
+        device = module_device(dit)
+        batch = self.batch(indices, device)
         x0, known_mask = batch["x0"], batch["known_mask"]
         b = x0.shape[0]
         loc = timestep_location(r, cfg["t_loc_early"], cfg["t_loc_late"])
@@ -806,6 +820,7 @@ class StageAdaptiveRecipe(StaticRecipe):
             t = sample_timesteps(b, loc, cfg["t_scale"], cfg["t_uniform"])
         else:
             t = logit_normal(b, cfg["t_mean"] + math.log(cfg["time_shift"]), cfg["t_std"])
+        t = t.to(device)  # drawn on the CPU, as every random tensor of the recipe
         # every block's input and output tokens of this forward (the autograd graph keeps them anyway)
         seen: list[tuple[torch.Tensor, torch.Tensor]] = []
         hooks = [blk.register_forward_hook(lambda m, a, out: seen.append((a[0], out))) for blk in dit.blocks]

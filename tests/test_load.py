@@ -1,0 +1,74 @@
+"""The studio under load (issue 8): `soundloom bench load`'s harness (app/bench_load.py) on the tiny
+generator bundle. The studio runs in a subprocess, driven through gradio_client: 16 concurrent
+/generate requests all succeed, a flood beyond the queue's size is refused with the queue-full message
+while the server keeps answering, and its memory returns to the baseline within the bench's margin."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_generator import tiny_generator_bundle
+
+import app.cli as cli
+from app.bench_load import MARGIN_MIB, OVERFLOW, percentile, run_bench
+from app.studio import MAX_QUEUE
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny_generator_bundle(tmp_path_factory.mktemp("load-bundle"))
+
+
+def test_sixteen_concurrent_requests_succeed_the_queue_holds_and_memory_returns(bundle, tmp_path):
+    report = run_bench(
+        bundle, tmp_path / "load.json", requests=16, seconds=1.0, steps=2, settle_s=3.0, blocker_s=4.0
+    )
+    assert json.loads((tmp_path / "load.json").read_text())["queue"] == report["queue"]
+
+    burst = report["burst"]
+    assert burst["succeeded"] == burst["requests"] == 16, burst["runs"]
+    latency = burst["latency_s"]
+    assert 0 < latency["min"] <= latency["p50"] <= latency["p95"] <= latency["max"]
+    # one generation at a time: the last of 16 waited for the others
+    assert latency["max"] > 4 * latency["min"]
+
+    queue = report["queue"]
+    assert queue["sent"] == MAX_QUEUE + OVERFLOW
+    assert queue["taken_and_finished"] == MAX_QUEUE, queue
+    assert queue["refused"] == OVERFLOW and queue["refusal_messages"] == ["Queue is full! Please try again."]
+    assert queue["other_errors"] == queue["hung"] == 0, queue["errors"]
+    assert queue["request_afterwards"]["status"] == "ok" and queue["server_alive"]
+    assert queue["held"]
+
+    memory = report["memory"]
+    assert memory["baseline_mib"] > 100  # torch, gradio and the text encoder: the figures are real
+    assert memory["peak_mib"] >= max(memory["baseline_mib"], memory["after_mib"])
+    assert memory["margin_mib"] >= MARGIN_MIB
+    assert memory["returned_to_baseline"], {k: v for k, v in memory.items() if k != "trace_mib"}
+
+
+def test_percentiles_are_numpys_linear_interpolation():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 16, 33):
+        values = list(rng.exponential(size=n))
+        for p in (0, 50, 95, 100):
+            assert percentile(values, p) == pytest.approx(np.percentile(values, p))
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["bench", "load", "--requests", str(MAX_QUEUE + 2)], f"between 1 and {MAX_QUEUE + 1}"),
+        (["bench", "load", "--requests", "0"], "above 0"),
+        (["bench", "load", "--seconds", "-1"], "must be above 0"),
+        (["bench", "load", "--model", "/nonexistent/bundle"], "does not exist"),
+        (["bench", "load", "--data", "somewhere"], "`bench load` takes --model"),
+        (["bench", "codec", "--requests", "4"], "--requests is for `soundloom bench load`"),
+    ],
+)
+def test_bench_load_refuses_bad_flags_with_one_line(capsys, argv, needle):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
