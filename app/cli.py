@@ -709,7 +709,8 @@ def _bench(args: argparse.Namespace) -> int:
         if value is not None:
             raise BadInput(f"{flag} is for `{PROG} bench steps`; `bench {args.what}` does not take it.")
     if args.what != "generate":
-        for flag, value in {**_inference_flags(args), "--options": args.options or None}.items():
+        others = {"--options": args.options or None, "--compare": args.compare}
+        for flag, value in {**_inference_flags(args), **others}.items():
             if value is not None:
                 raise BadInput(
                     f"{flag} is for `{PROG} bench generate` and `bench steps`, not `bench {args.what}`."
@@ -770,6 +771,17 @@ def _bench_generate(args: argparse.Namespace) -> int:
             raise BadInput(f"{flag} is for `{PROG} bench codec`; `bench generate` takes --model and --json.")
     json_out = _output_file(args.json, "--json") if args.json else None
     options = _inference_options(args)
+    if args.compare is not None:
+        if args.options:
+            raise BadInput(
+                "--compare times two generators and --options times the inference options of one; give one of them."
+            )
+        compare = _existing_dir(args.compare, "--compare")
+        model = _existing_dir(args.model, "--model") if args.model else None
+        from training.bench_generate import run_compare_bench
+
+        run_compare_bench(model, compare, json_out, options=options)  # prints its own table
+        return 0
     if args.options:
         if options:
             raise BadInput(
@@ -807,6 +819,7 @@ def _bench_steps(args: argparse.Namespace) -> int:
         ("--seconds", args.seconds),
         ("--update-card", args.update_card or None),
         ("--options", args.options or None),
+        ("--compare", args.compare),
     ):
         if given is not None:
             raise BadInput(f"{flag} is not for `{PROG} bench steps`; see `{PROG} bench --help`.")
@@ -1374,7 +1387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = (
         "bench steps: the eval's figures (judge and librosa FD, pitch and tempo accuracy, adherence, CCDS) at "
         "each of --steps (default 1,2,4,8) for each --model BUNDLE[@SAMPLER], drawn to --png and written to "
-        "--json. bench generate --options: every inference option against the default, same prompts."
+        "--json. bench generate --options: every inference option against the default, same prompts. "
+        "bench generate --compare BUNDLE: --model against BUNDLE in one run (cold start, medians, memory, "
+        "compute floor)."
     )
     p.add_argument("what", choices=["codec", "generate", "pipelines", "load", "steps"])
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
@@ -1398,6 +1413,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--options", action="store_true", help="generate: time every inference option against the default"
+    )
+    p.add_argument(
+        "--compare", metavar="BUNDLE", help="generate: time --model against this generator bundle in one run"
     )
     p.add_argument("--prompts", metavar="FILE", help="steps: prompts (default assets/prompts/dev.jsonl)")
     p.add_argument("--judge", metavar="BUNDLE", help="steps: judge embedder bundle (default: assets/judge)")

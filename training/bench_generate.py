@@ -310,3 +310,223 @@ def print_options_table(report: dict) -> None:
     print(
         "SNR: the option's audio against the default's for the same prompt and seed (quality: soundloom eval)."
     )
+
+
+# ---------------------------------------------------------------- two generators against each other
+
+
+def run_compare_bench(
+    model_path: str | Path | None,
+    compare_path: str | Path,
+    json_out: str | Path | None = None,
+    *,
+    prompts: int = 20,
+    seconds: float = 12.0,
+    warmup: int = 2,
+    prompts_file: str | Path = DEV_PROMPTS,
+    options: dict | None = None,
+) -> dict:
+    """`bench generate --compare`: --model against another generator bundle in one run, each at its own
+    bundle's steps, sampler and guidance. Per model: the cold start (load_generator plus the first
+    generation, before any warm-up), medians over the same prompts and seeds (the models alternate per
+    prompt), and the DiT's FLOPs per generation against this machine's bf16 matmul rate (the compute floor
+    of the sampling loop). Also the process's peak resident memory, once, for both models together.
+    Returns (and with json_out, writes under "compare") the report and prints a table."""
+    from pipelines.generator import load_generator
+
+    started = time.time()
+    measured, warm = pick_prompts(Path(prompts_file), prompts, warmup + 1)
+    cold_prompt, warm = warm[0], warm[1:]
+    paths = {"model": model_path, "compare": compare_path}
+    gens, cold = {}, {}
+    for role, path in paths.items():
+        t0 = time.perf_counter()
+        gen = load_generator(path, **(options or {}))
+        loaded = time.perf_counter()
+        gen.generate(cold_prompt, seconds=seconds, seed=0)
+        done = time.perf_counter()
+        gens[role] = gen
+        cold[role] = {
+            "cold_start_s": round(done - t0, 3),
+            "load_s": round(loaded - t0, 3),
+            "first_generate_s": round(done - loaded, 3),
+        }
+        print(f"{role}: {gen.bundle_path}, cold start {done - t0:.2f} s", flush=True)
+
+    flops = {}
+    for role, gen in gens.items():  # warm-up; its first generation also counts the DiT's FLOPs
+        flops[role] = count_dit_flops(gen, warm[0] if warm else cold_prompt, seconds)
+        for i, prompt in enumerate(warm[1:], start=1):
+            gen.generate(prompt, seconds=seconds, seed=i)
+
+    roles = list(gens)
+    rows = []
+    for i, prompt in enumerate(measured):
+        for role in roles if i % 2 == 0 else roles[::-1]:
+            gen = gens[role]
+            gen.generate(prompt, seconds=seconds, seed=1000 + i)
+            rows.append({"model": role, "prompt": prompt, **{k: round(v, 5) for k, v in gen.timings.items()}})
+        print(f"  {i + 1:>2}/{len(measured)} {prompt}", flush=True)
+
+    matmul = matmul_flops_per_s()
+    models = {}
+    for role, gen in gens.items():
+        own = [r for r in rows if r["model"] == role]
+        medians = {
+            **median_timings(own, seconds),
+            "total_s": round(statistics.median(r["total_s"] for r in own), 5),
+            "dit_s": round(statistics.median(r["dit_s"] for r in own), 5),
+        }
+        floor_s = flops[role]["flops"] / matmul["flops_per_s"]
+        models[role] = {
+            "bundle": str(gen.bundle_path),
+            "model_hash": gen.bundle_hash,
+            "steps": gen.default_steps,
+            "sampler": gen.default_sampler,
+            "guidance": gen.default_guidance,
+            "inference": gen.options.label,
+            **cold[role],
+            "median": medians,
+            "dit_flops": flops[role],
+            "floor_s": round(floor_s, 6),
+            "dit_s_over_floor": round(medians["dit_s"] / floor_s, 2) if floor_s > 0 else None,
+        }
+    m, c = models["model"]["median"], models["compare"]["median"]
+    compare = {
+        "machine": machine_record(),
+        "config": {"seconds": seconds, "prompts": len(measured), "warmup": len(warm), "order": "alternating"},
+        "models": models,
+        "ratios": {
+            "meaning": "compare / model medians: above 1, --model is the faster",
+            "dit_s": round(c["dit_s"] / m["dit_s"], 3),
+            "total_s": round(c["total_s"] / m["total_s"], 3),
+        },
+        "matmul": matmul,
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_note": "the process's resident high-water mark (VmHWM), both models loaded and run together",
+        "runs": rows,
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    report = {"compare": compare}
+    print_compare_table(compare)
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(json_out, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {json_out}")
+    return report
+
+
+def _sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """FlopCounterMode has no formula for the CPU's fused attention; count it as the two matmuls it does."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+class _FirstCallFlops:
+    """Wraps a sampling DiT: counts the FLOPs of its first forward (FlopCounterMode) and every forward."""
+
+    def __init__(self, model):
+        self.model, self.calls, self.flops, self.batch, self.frames = model, 0, None, None, None
+
+    def __call__(self, x, t, **inputs):
+        self.calls += 1
+        if self.flops is not None:
+            return self.model(x, t, **inputs)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+        with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+            out = self.model(x, t, **inputs)
+        self.flops, self.batch, self.frames = counter.get_total_flops(), int(x.shape[0]), int(x.shape[-1])
+        return out
+
+
+def count_dit_flops(gen, prompt: str, seconds: float) -> dict:
+    """The DiT's FLOPs for one generation at the bundle's defaults: one forward at the generation's shape
+    (batch 2 under guidance, where cfg_model runs both halves in one forward) times the forwards made."""
+    wrapper = _FirstCallFlops(gen._sampling_dit)
+    gen._sampling_dit = wrapper
+    try:
+        gen.generate(prompt, seconds=seconds, seed=0)
+    finally:
+        gen._sampling_dit = wrapper.model
+    return {
+        "flops": int(wrapper.flops * wrapper.calls),
+        "flops_per_forward": int(wrapper.flops),
+        "forwards": wrapper.calls,
+        "batch": wrapper.batch,
+        "frames": wrapper.frames,
+    }
+
+
+def matmul_flops_per_s(size: int = 2048, reps: int = 5) -> dict:
+    """This machine's bf16 matmul rate: a size x size matmul, the fastest of `reps` after one warm-up."""
+    a = torch.randn(size, size).to(torch.bfloat16)
+    b = torch.randn(size, size).to(torch.bfloat16)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return {"size": size, "dtype": "bfloat16", "reps": reps, "best_s": round(best, 6),
+            "flops_per_s": 2 * size**3 / best}  # fmt: skip
+
+
+def peak_rss_mib() -> float | None:
+    """The process's resident set high-water mark (VmHWM) in MiB; None where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def print_compare_table(c: dict) -> None:
+    cfg, m, models = c["config"], c["machine"], c["models"]
+    a, b = models["model"], models["compare"]
+    print()
+    print(
+        f"{cfg['seconds']:g} s of audio; medians over {cfg['prompts']} prompts after {cfg['warmup']} warm-up, "
+        f"the models alternating per prompt; {m['torch_threads']} torch threads ({m['cpu_count']} CPUs)"
+    )
+    print(f"model:   {a['bundle']}")
+    print(f"compare: {b['bundle']}")
+    print(f"{'':<20}{'model':>14}{'compare':>14}{'compare/model':>15}")
+
+    def line(label: str, left: str, right: str, ratio: str = "") -> None:
+        print(f"{label:<20}{left:>14}{right:>14}{ratio:>15}")
+
+    line(
+        "sampling",
+        f"{a['steps']} {a['sampler']} g{a['guidance']:g}",
+        f"{b['steps']} {b['sampler']} g{b['guidance']:g}",
+    )
+    line("cold start s", f"{a['cold_start_s']:.2f}", f"{b['cold_start_s']:.2f}")
+    line(
+        "total s",
+        f"{a['median']['total_s']:.3f}",
+        f"{b['median']['total_s']:.3f}",
+        f"{c['ratios']['total_s']:.2f}x",
+    )
+    line(
+        "DiT s", f"{a['median']['dit_s']:.3f}", f"{b['median']['dit_s']:.3f}", f"{c['ratios']['dit_s']:.2f}x"
+    )
+    line("DiT per step ms", f"{a['median']['dit_step_ms']:.1f}", f"{b['median']['dit_step_ms']:.1f}")
+    line("text ms", f"{a['median']['text_ms']:.1f}", f"{b['median']['text_ms']:.1f}")
+    line("decode ms", f"{a['median']['decode_ms']:.1f}", f"{b['median']['decode_ms']:.1f}")
+    line("x real time", f"{a['median']['x_realtime']:.1f}", f"{b['median']['x_realtime']:.1f}")
+    line("DiT GFLOP", f"{a['dit_flops']['flops'] / 1e9:.2f}", f"{b['dit_flops']['flops'] / 1e9:.2f}")
+    line("compute floor s", f"{a['floor_s']:.3f}", f"{b['floor_s']:.3f}")
+    over = [f"{x['dit_s_over_floor']:.1f}x" if x["dit_s_over_floor"] is not None else "-" for x in (a, b)]
+    line("DiT s / floor", *over)
+    mm = c["matmul"]
+    print(
+        f"floor: DiT FLOPs (batch {a['dit_flops']['batch']} and {b['dit_flops']['batch']} per forward) at "
+        f"{mm['flops_per_s'] / 1e9:.1f} GFLOP/s, the best {mm['size']}x{mm['size']} {mm['dtype']} matmul of {mm['reps']}"
+    )
+    rss = "n/a" if c["peak_rss_mib"] is None else f"{c['peak_rss_mib']:.0f} MiB"
+    print(f"peak resident memory (VmHWM): {rss}, both models in one process")
