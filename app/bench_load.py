@@ -36,12 +36,10 @@ bounded, not a leak. A leak grows with every request; ~45 requests at ~2 MiB eac
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,8 +52,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from app.browser import free_port
 from app.studio import DEFAULT_SECONDS, MAX_QUEUE, MAX_TAKES
-from pipelines.atomic_files import write_atomic
+from pipelines.atomic_files import write_report
 from pipelines.errors import BadInput
 from pipelines.generator import MAX_STEPS
 
@@ -90,7 +89,7 @@ class Launched:
 @contextmanager
 def launched_studio(model: str | Path | None, root: Path):
     """`soundloom studio` in a subprocess on a free loopback port, its folders under `root`; a Launched."""
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "app", "studio", "--port", str(port), "--no-browser"]
     command += ["--outputs", str(root / "outputs")] + (["--model", str(model)] if model else [])
     env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio"), "PYTHONUNBUFFERED": "1"}
@@ -104,12 +103,6 @@ def launched_studio(model: str | Path | None, root: Path):
         yield Launched(url, process, log, time.perf_counter() - started)
     finally:
         _stop(process)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_until_it_answers(url: str, process: subprocess.Popen, log: Path) -> None:
@@ -441,9 +434,7 @@ def run_bench(
     report["wall_time_s"] = round(time.perf_counter() - started, 1)
     print_table(report)
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(json_out, json.dumps(report, indent=2) + "\n")
-        print(f"wrote {json_out}")
+        write_report(json_out, report)
     return report
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,13 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
+from app.browser import CHROMIUM, free_port, launch_chromium
+
 PROMPTS = (
     "a warm cello note, A3, slow bow",
     "heavy rain on a tin roof",
@@ -37,12 +31,6 @@ PROMPTS = (
     "breathy flute tone on G5",
 )
 TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_served(url: str, proc: subprocess.Popen) -> None:
@@ -71,7 +59,7 @@ def measure(model: str | None, screenshot: Path | None) -> dict:
     try:
         wait_until_served(url, proc)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            browser = launch_chromium(p)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(url)

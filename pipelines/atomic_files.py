@@ -1,6 +1,6 @@
 """Atomic, durable writes: a reader (or a run killed mid-write) sees the old content or the new, never half.
 
-`write_atomic` publishes one file, `replace_folder` a whole folder written under a temp name. Both
+`write_atomic` publishes one file (`write_report` a bench's JSON report), `replace_folder` a whole folder written under a temp name. Both
 fsync what they publish before the rename and the parent folder after it.
 """
 
@@ -30,6 +30,15 @@ def write_atomic(path: Path | str, data: bytes | str) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_report(path: Path | str, report: dict) -> None:
+    """A bench's report as indented JSON at `path` (its folders made), published atomically; says where."""
+    import json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def replace_folder(tmp: Path, final: Path) -> None:

@@ -19,7 +19,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 import app.cli as cli
+from app.browser import free_port
 from pipelines.errors import BadInput
 from training.distributed import Layout
 from training.recipes import RECIPES
@@ -98,12 +98,6 @@ def processes():
         ["training.trainer", "training.toy_recipe", "torch._dynamo", "test_distributed"]
     )
     return context
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def steer(run: Path, pause_at: int | None, stop_at: int | None):

@@ -23,12 +23,12 @@ from test_generator import MAX_SECONDS, PROMPT, SR, tiny_generator_bundle
 import app.cli as cli
 import app.studio as studio_module
 import pipelines.generator as generator_module
+from app.browser import CHROMIUM, free_port, launch_chromium
 from app.studio import MAX_TAKES, Studio, build_app, launch
 from pipelines import edit, loops, transform, voice
 from pipelines.audio import Audio
 from pipelines.errors import BadInput
 
-CHROMIUM = "/usr/bin/chromium"
 # gradio 6's queue still calls two pandas options that pandas 3 deprecates; not ours to fix
 pytestmark = [
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
@@ -54,12 +54,6 @@ def uploads(tmp_path_factory):
 @pytest.fixture(scope="module")
 def studio(bundle, uploads, tmp_path_factory) -> Studio:
     return Studio(bundle, tmp_path_factory.mktemp("studio-outputs"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -561,16 +555,7 @@ def test_browser_types_a_prompt_generates_and_plays(served, studio, tmp_path):
     studio.generator()  # loaded, so the timing below is the click's, not the model's load
     outside = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on(

@@ -19,10 +19,10 @@ import pytest
 import soundfile as sf
 import torch
 from test_generator import PROMPT, SR, tiny_generator_bundle
-from test_studio import CHROMIUM, free_port
 
 import app.live_room as live_room
 import app.studio as studio_module
+from app.browser import CHROMIUM, free_port, launch_chromium
 from app.live_room import LiveRoom, machine_sentence
 from app.models_room import ModelsRoom
 from app.studio import MAX_TAKES, Studio, launch
@@ -509,16 +509,7 @@ def test_browser_moves_the_morph_slider_and_hears_a_new_preview(served, studio, 
     shots.mkdir(parents=True, exist_ok=True)
     outside = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on(

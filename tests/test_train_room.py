@@ -25,6 +25,7 @@ from test_stage_adaptive import recipe_settings as sa_recipe_settings
 from test_static_recipe import tiny_codec_bundle
 
 from app import train_worker as worker
+from app.browser import CHROMIUM, free_port, launch_chromium
 from app.studio import Studio, build_app, launch
 from app.train_plots import PLOTS, overfitting_warning, plot_frame
 from app.train_room import COMPARISON, CUSTOM, QUICK, SOURCES, TrainRoom
@@ -34,7 +35,6 @@ from training.dataset_check import check_dataset
 from training.latent_cache import encode_corpus
 
 SR = 44100
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
@@ -499,23 +499,14 @@ def test_browser_starts_a_tiny_run_watches_the_regime_plot_and_stops_it(tiny, tm
     (outputs / "training" / "data" / "tiny").symlink_to(tiny["setup"]["data"])
     monkeypatch.setenv("SOUNDLOOM_DATA_ROOTS", str(tmp_path))
     studio = Studio(tiny["generator"], outputs)
-    port = _free_port()
+    port = free_port()
     demo = launch(studio, host="127.0.0.1", port=port, block=False, preload=False)
     room = TrainRoom(studio)
     shots = Path(os.environ.get("SOUNDLOOM_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     try:
         with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM,
-                headless=True,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                ],
-            )
+            browser = launch_chromium(p)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(f"http://127.0.0.1:{port}/")
@@ -554,14 +545,6 @@ def test_browser_starts_a_tiny_run_watches_the_regime_plot_and_stops_it(tiny, tm
         stop_all(room)
         demo.close()
     print(f"\nregime plot gained points from {first}; stopped at step {final}; screenshots in {shots}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_train_tab_is_in_the_studio(studio):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.atomic_files import write_atomic
+from pipelines.atomic_files import write_report
 from pipelines.audio import Audio, load_audio
 from training.spectral import lsd_db, mel_distance_db, mrstft_distance, power_db, stft_power
 
@@ -292,9 +292,7 @@ def run(
         )
         print(f"recorded the figures in {codec.bundle_path / 'model.json'}")
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(json_out, json.dumps(report, indent=2) + "\n")
-        print(f"wrote {json_out}")
+        write_report(json_out, report)
     return report
 
 

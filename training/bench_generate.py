@@ -19,7 +19,6 @@ quality of an option is for `soundloom eval --int8 ...` to measure.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.atomic_files import write_atomic
+from pipelines.atomic_files import write_report
 
 DEV_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "dev.jsonl"
 TARGET = {"seconds": 12.0, "steps": 50, "sampler": "euler", "threads": 2, "max_total_s": 3.0}
@@ -101,9 +100,7 @@ def run_bench(
     }
     print_table(report)
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(json_out, json.dumps(report, indent=2) + "\n")
-        print(f"wrote {json_out}")
+        write_report(json_out, report)
     return report
 
 
@@ -281,9 +278,7 @@ def run_options_bench(
     report["wall_time_s"] = round(time.time() - started, 1)
     print_options_table(report)
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(json_out, json.dumps(report, indent=2) + "\n")
-        print(f"wrote {json_out}")
+        write_report(json_out, report)
     return report
 
 
@@ -410,9 +405,7 @@ def run_compare_bench(
     report = {"compare": compare}
     print_compare_table(compare)
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(json_out, json.dumps(report, indent=2) + "\n")
-        print(f"wrote {json_out}")
+        write_report(json_out, report)
     return report
 
 

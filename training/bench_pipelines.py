@@ -31,7 +31,6 @@ judge embedder's space (None without a judge: assets/judge or `judge=`). The sta
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.atomic_files import write_atomic
+from pipelines.atomic_files import write_report
 from pipelines.audio import Audio, load_audio, to_channels
 
 ANALYSIS_SR = 22050
@@ -928,9 +927,7 @@ def run_bench(
     report = _jsonable(report)
     print(format_table(report))
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(json_out, json.dumps(report, indent=2) + "\n")
-        print(f"wrote {json_out}")
+        write_report(json_out, report)
     return report
 
 
