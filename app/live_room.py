@@ -114,9 +114,12 @@ class LiveRoom:
             for piece in chunks:
                 ahead = sent - (time.monotonic() - started)
                 if run.stop.wait(max(0.0, ahead - STREAM_LEAD_SECONDS)):
-                    return  # stopped while this chunk was made, or while the listener caught up
+                    break  # stopped while this chunk was made, or while the listener caught up
                 sent += piece.seconds
                 yield wav_bytes(piece), record, f"Streaming: {sent:.1f} s so far (Stop ends it)."
+            # the stream says it stopped itself, as its last status line: a reply of Stop's own could
+            # reach the page before the stream's last line and be written over by it
+            yield gr.skip(), gr.skip(), f"Stopped after {sent:.1f} s."
         finally:
             self._end(request, run)
 
@@ -138,14 +141,14 @@ class LiveRoom:
         finally:
             self._end(request, run)
 
-    def stop(self, request: gr.Request = None) -> str:
-        """Stop this page's stream or playback (its events are cancelled beside this)."""
+    def stop(self, request: gr.Request = None):
+        """Stop this page's stream or playback: it ends at its next chunk and writes the status line."""
         with self._runs_lock:
             run = self._runs.get(_session(request))
         if run is None:
             return "Nothing is playing."
         run.stop.set()
-        return "Stopped."
+        return gr.skip()  # the stream or playback ends within a chunk and says so as its last line
 
     def steer(self, alpha, request: gr.Request = None) -> None:
         """The morph slider moved: a running stream of this page follows it from its next chunk."""
@@ -334,7 +337,7 @@ def live_tab(studio: Studio, demo: gr.Blocks) -> None:
     )
     alpha.change(room.steer, inputs=alpha, queue=False, api_visibility="private")
     stream_inputs = [prompt, morph_to, alpha, seed, steps]
-    streaming = start.click(
+    start.click(
         room.stream,
         inputs=stream_inputs,
         outputs=[streamed, used, status],
@@ -343,7 +346,7 @@ def live_tab(studio: Studio, demo: gr.Blocks) -> None:
         show_progress_on=status,
         **model_queue,
     )
-    playing = play.click(
+    play.click(
         room.play,
         inputs=stream_inputs,
         outputs=status,
@@ -351,5 +354,7 @@ def live_tab(studio: Studio, demo: gr.Blocks) -> None:
         show_progress_on=status,
         **model_queue,
     )
-    stop.click(room.stop, outputs=status, cancels=[streaming, playing], queue=False, api_visibility="private")
+    # no `cancels`: a cancelled event's last status line could land after Stop's and stay on the page;
+    # the stream and the playback watch their stop switch between chunks and end themselves
+    stop.click(room.stop, outputs=status, queue=False, api_visibility="private")
     demo.unload(room.forget)

@@ -167,7 +167,10 @@ def test_stream_chunks_are_the_live_stream_follow_the_slider_and_stop(studio, ro
     with pytest.raises(gr.Error) as err:  # one stream per page
         next(room.stream(PROMPT, "", 0.0, 1, 2))
     assert one_sentence(err.value.message) == "This page is already playing a stream; press Stop first."
-    assert room.stop() == "Stopped."
+    assert room.stop() == gr.skip()  # Stop's own reply leaves the status line to the stream:
+    last = next(chunks)  # which ends itself with it (a reply of Stop's could land after and stay)
+    sent = (first.shape[1] + second.shape[1]) / SR
+    assert last[:2] == (gr.skip(), gr.skip()) and last[2] == f"Stopped after {sent:.1f} s."
     assert next(chunks, None) is None
     assert room.stop() == "Nothing is playing."
     assert next(room.stream(PROMPT, "", 0.0, 1, 2))[2].startswith("Streaming")  # a new one may start
@@ -187,6 +190,7 @@ def test_stream_keeps_only_a_short_lead_over_real_time_and_stops_while_waiting(r
     assert arrived[2] >= sent[0] + sent[1] - 0.5 - 0.05, (arrived, sent)
 
     threading.Timer(0.3, room.stop).start()  # Stop pressed while the stream makes or holds its next chunk
+    assert next(chunks)[2] == f"Stopped after {sum(sent):.1f} s."
     assert next(chunks, None) is None
 
 
@@ -561,7 +565,7 @@ def test_browser_moves_the_morph_slider_and_hears_a_new_preview(served, studio, 
             page.locator("#live-stream-start").click()
             page.get_by_text("Streaming:").wait_for(timeout=120_000)
             page.locator("#live-stop").click()
-            page.get_by_text("Stopped.").wait_for(timeout=30_000)
+            page.get_by_text("Stopped after").wait_for(timeout=30_000)
 
             page.get_by_role("tab", name="Models").click()
             page.locator("#models-card").get_by_text("sampling defaults").wait_for()
