@@ -61,6 +61,19 @@ class DiTConfig:
     # hint) is then an output the network copies, where as a velocity any error is multiplied by 1 / t and
     # the note came out 1-3 semitones off after 1500 steps (the generator issue's go/no-go).
     x0_channels: int = 0
+    # Rhythm features (0: none): harmonics k = 1..H of the beat and bar phases (cos k·phase, sin k·phase,
+    # each where its control is present), computed from the beat and bar controls. They reach the tokens
+    # through their own zero-initialised patch embedding (`rhythm_embedder`), and, with the level channel
+    # x0-predicted, a fitted profile of the level over the beat and the bar (`rhythm_skip`) joins that
+    # channel's control skip. The controls alone are one sin-cos pair per phase: a smooth function of
+    # phase, from which 10,000 steps did not learn to put hits on the beat (onsets on the eighth-note grid
+    # 0.33 of the time with the grid given, 0.30 without it, real drum clips 0.77).
+    rhythm_harmonics: int = 0
+
+    @property
+    def rhythm_features(self) -> int:
+        """Feature channels per latent frame the rhythm harmonics make (beat and bar, cos and sin)."""
+        return 4 * self.rhythm_harmonics
 
     @property
     def in_channels(self) -> int:
@@ -184,6 +197,8 @@ class FinalLayer(nn.Module):
 # fewer), which the controls measure too: each gets a linear skip from its control (see DiT.control_skip).
 SKIP_CONTROLS = ("loudness", "log_f0", "voicing")
 SKIP_CONTROL_INDEX = (0, 2, 3)  # their places in pipelines.controls.CONTROL_NAMES (kept torch-only here)
+# beat_sin, beat_cos, bar_sin, bar_cos: their places in pipelines.controls.CONTROL_NAMES
+RHYTHM_CONTROL_INDEX = (4, 5, 6, 7)
 X0_MIN_T = 1e-3  # the x0-predicted channels' velocity (x - x̂0) / t is taken at t >= this
 PITCH_NONE = -3  # replaced by the class index pitch_classes: "no steady pitch" (drums, noise, chords)
 PITCH_ABSENT = -1  # nothing known about the pitch (the unconditional half of CFG)
@@ -244,6 +259,11 @@ class DiT(nn.Module):
             # (x̂0 moved a quarter-octave for a control an octave up after 1000 steps).
             assert cfg.x0_channels <= len(SKIP_CONTROLS), "x0_channels: at most the level, log-f0 and voicing"
             self.control_skip = nn.Parameter(torch.zeros(cfg.x0_channels, 2))  # [slope, offset] per channel
+        if cfg.rhythm_harmonics:
+            self.rhythm_embedder = nn.Linear(cfg.patch * cfg.rhythm_features, cfg.dim)
+            if cfg.x0_channels == len(SKIP_CONTROLS):  # the level channel is x0-predicted
+                # level x̂0 += sum_f rhythm_skip[f] * feature_f: fitted before step 0 (StaticRecipe.fit_rhythm_skip)
+                self.rhythm_skip = nn.Parameter(torch.zeros(cfg.rhythm_features))
         self.blocks = nn.ModuleList([DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(cfg.dim, cfg.patch, cfg.latent_channels)
         self.initialize_weights()
@@ -280,6 +300,9 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.cfg.rhythm_harmonics:  # starts as no input: a DiT grown from one without keeps its function
+            nn.init.zeros_(self.rhythm_embedder.weight)
+            nn.init.zeros_(self.rhythm_embedder.bias)
 
     def frame_inputs(
         self,
@@ -382,11 +405,18 @@ class DiT(nn.Module):
                 voiced = voiced_mask * voiced + (1 - voiced_mask)
             f0_present = present[:, index.index(f0)]
             gate[:, index.index(f0)] = f0_present * voiced
-        return present * (skip[:, 0, None] * values + skip[:, 1, None]), gate
+        line = present * (skip[:, 0, None] * values + skip[:, 1, None])
+        if self.cfg.rhythm_harmonics and k == len(SKIP_CONTROLS):
+            profile = torch.einsum(
+                "bft,f->bt", rhythm_features(controls, control_mask, self.cfg), self.rhythm_skip.float()
+            )
+            line = torch.cat([line[:, :1] + profile[:, None], line[:, 1:]], dim=1)  # the level channel
+        return line, gate
 
     def no_weight_decay(self) -> set[str]:
         """Parameters the optimizer must not decay: the control skip's lines are fitted values, not weights."""
-        return {"control_skip"} if self.cfg.x0_channels else set()
+        fitted = {"control_skip"} if self.cfg.x0_channels else set()
+        return fitted | ({"rhythm_skip"} if hasattr(self, "rhythm_skip") else set())
 
     def hidden_states(
         self,
@@ -460,6 +490,10 @@ class DiT(nn.Module):
         n = h.shape[-1] // p
         h = h.view(b, -1, n, p).permute(0, 2, 3, 1).reshape(b, n, p * self.cfg.in_channels)
         h = self.x_embedder(h) + sinusoidal_positions(n, self.cfg.dim, x.device).to(dtype)
+        if self.cfg.rhythm_harmonics and controls is not None:
+            r = rhythm_features(controls, control_mask, self.cfg).to(dtype)
+            r = F.pad(r, (0, (-n_frames) % p)).view(b, -1, n, p).permute(0, 2, 3, 1).reshape(b, n, -1)
+            h = h + self.rhythm_embedder(r)
 
         context, context_mask, pooled = self.text_context(
             None if text is None else text.to(dtype), text_mask, b
@@ -476,6 +510,22 @@ class DiT(nn.Module):
         for block, mod in zip(blocks, mods):
             h = block(h, mod, context, mask)
         return h, final_mod
+
+
+def rhythm_features(
+    controls: torch.Tensor, control_mask: torch.Tensor | None, cfg: DiTConfig
+) -> torch.Tensor:
+    """[B, 4H, T] float32: cos and sin of k times the beat phase, then of the bar phase, k = 1..H, each
+    zero where its control is absent (the phases are read back from their sin-cos controls)."""
+    beat_sin, beat_cos, bar_sin, bar_cos = RHYTHM_CONTROL_INDEX
+    c = controls.float()
+    feats = []
+    for s_i, c_i in ((beat_sin, beat_cos), (bar_sin, bar_cos)):
+        phase = torch.atan2(c[:, s_i], c[:, c_i])
+        present = torch.ones_like(phase) if control_mask is None else control_mask[:, s_i].float()
+        for k in range(1, cfg.rhythm_harmonics + 1):
+            feats += [present * torch.cos(k * phase), present * torch.sin(k * phase)]
+    return torch.stack(feats, dim=1)
 
 
 def cat_inputs(a: dict, b: dict) -> dict:

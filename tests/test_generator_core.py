@@ -476,3 +476,55 @@ def test_known_frames_come_out_equal_to_the_known_latent(sampler, t_start):
     assert torch.allclose(out[..., :4], known[..., :4], atol=1e-5)
     assert not torch.allclose(out[..., 4:], known[..., 4:], atol=1e-1)
     assert seen and all(extra["known_mask"].shape == (4, 1, 9) for extra in seen)  # both CFG halves
+
+
+def test_rhythm_features_are_harmonics_of_the_beat_and_bar_phases_where_present():
+    from pipelines.controls import CONTROL_NAMES
+    from pipelines.dit import RHYTHM_CONTROL_INDEX, rhythm_features
+
+    assert [CONTROL_NAMES[i] for i in RHYTHM_CONTROL_INDEX] == ["beat_sin", "beat_cos", "bar_sin", "bar_cos"]
+    cfg = DiTConfig(**{**TINY.__dict__, "rhythm_harmonics": 3})
+    phase = torch.linspace(0, 4 * math.pi, 9)  # two beats
+    controls = torch.zeros(2, 8, 9)
+    controls[:, 4], controls[:, 5] = torch.sin(phase), torch.cos(phase)
+    controls[:, 6], controls[:, 7] = torch.sin(phase / 4), torch.cos(phase / 4)
+    mask = torch.ones(2, 8, 9)
+    mask[1, 6:8] = 0.0  # sample 1 has a beat grid but no bars
+    f = rhythm_features(controls, mask, cfg)
+    assert f.shape == (2, 12, 9)
+    for k in (1, 2, 3):
+        assert torch.allclose(f[0, 2 * (k - 1)], torch.cos(k * phase), atol=1e-5)
+        assert torch.allclose(f[0, 2 * (k - 1) + 1], torch.sin(k * phase), atol=1e-5)
+        assert torch.allclose(f[0, 6 + 2 * (k - 1)], torch.cos(k * phase / 4), atol=1e-5)
+    assert f[1, 6:].abs().sum() == 0 and torch.allclose(f[1, :6], f[0, :6])
+
+
+def test_a_dit_grown_with_rhythm_features_keeps_its_function_until_trained_and_then_hears_them():
+    """Zero-initialised rhythm embedding and skip: the grown DiT is the old one, weight for weight; once
+    either is non-zero, moving the beat phase changes its output."""
+    cfg = DiTConfig(**{**TINY.__dict__, "latent_channels": 4, "x0_channels": 3})
+    old = random_dit(cfg=cfg)
+    grown = DiT(DiTConfig(**{**cfg.__dict__, "rhythm_harmonics": 4})).eval()
+    rhythm = {k: v for k, v in grown.state_dict().items() if k.startswith("rhythm_")}
+    assert set(rhythm) == {"rhythm_embedder.weight", "rhythm_embedder.bias", "rhythm_skip"}
+    assert all(v.abs().sum() == 0 for v in rhythm.values())
+    grown.load_state_dict({**old.state_dict(), **rhythm}, strict=True)
+    x, t, inputs = torch.randn(2, 4, 9), torch.tensor([0.3, 0.8]), dit_inputs()
+    inputs["control_mask"] = torch.ones_like(inputs["control_mask"])
+    with torch.no_grad():
+        assert torch.allclose(grown(x, t, **inputs), old(x, t, **inputs), atol=1e-6)
+        shifted = dict(inputs, controls=inputs["controls"].clone())
+        shifted["controls"][:, 4:6] = shifted["controls"][:, [5, 4]]  # another beat phase
+        assert torch.allclose(grown(x, t, **shifted), old(x, t, **shifted), atol=1e-6)
+        grown.rhythm_skip.fill_(0.5)  # the skip alone: the level channel (the first x0-predicted) moves
+        a, b = grown(x, t, **inputs), old(x, t, **inputs)
+        assert (a[:, 1] - b[:, 1]).abs().max() > 1e-3
+        assert torch.allclose(a[:, [0, 2, 3]], b[:, [0, 2, 3]], atol=1e-6)
+        grown.rhythm_skip.zero_()
+        grown.rhythm_embedder.weight.normal_(0, 0.2)  # the embedding: every channel hears the features
+        a = grown(x, t, **inputs)
+        assert (a[:, 0] - b[:, 0]).abs().max() > 1e-3
+        no_grid = dict(inputs, control_mask=inputs["control_mask"].clone())
+        no_grid["control_mask"][:, 4:8] = 0.0  # without the beat and bar controls the features are absent
+        plain = dict(shifted, control_mask=no_grid["control_mask"])
+        assert torch.allclose(grown(x, t, **no_grid), grown(x, t, **plain), atol=1e-6)

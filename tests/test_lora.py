@@ -444,3 +444,52 @@ def test_cli_packs_imports_and_generates_with_an_adapter(setup, trained, tmp_pat
     assert code == 0 and wav.is_file(), err
     record = json.loads((tmp_path / "take.wav.json").read_text())
     assert record["model_hash"] == bundle_hash(tmp_path / "models" / "my-lora")
+
+
+# ---------------------------------------------------------------- rhythm features grown on --init
+
+
+def test_init_grows_rhythm_features_on_a_generator_without_them_keeping_its_function(setup):
+    from dataclasses import replace
+
+    from training.static_recipe import StaticRecipe
+
+    config = recipe_settings(setup["codec"])
+    recipe = StaticRecipe({**config, "dit": {**DIT, "rhythm_harmonics": 3}}, setup["data"])
+    modules = recipe.modules()
+    recipe.init_from_bundle(load_bundle(setup["base"]), modules)
+    grown = modules["dit"].eval()
+    base = DiT(replace(grown.cfg, rhythm_harmonics=0)).eval()
+    load_bundle(setup["base"]).load_into("dit", base)
+    for key, value in base.state_dict().items():
+        assert torch.equal(grown.state_dict()[key], value), key
+    assert grown.rhythm_embedder.weight.abs().sum() == 0
+    g = torch.Generator().manual_seed(0)
+    b, t = 2, 21
+    controls = torch.zeros(b, 8, t)
+    phase = torch.linspace(0, 6 * np.pi, t)
+    controls[:, 4], controls[:, 5] = torch.sin(phase), torch.cos(phase)
+    inputs = {
+        "text": torch.randn(b, 5, 384, generator=g),
+        "text_mask": torch.ones(b, 5, dtype=torch.bool),
+        "seconds": torch.tensor([0.4, 0.5]),
+        "controls": controls,
+        "control_mask": torch.ones(b, 8, t),
+    }
+    x, tt = torch.randn(b, 8, t, generator=g), torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        assert torch.allclose(grown(x, tt, **inputs), base(x, tt, **inputs), atol=1e-6)
+
+
+def test_lora_on_a_generator_without_rhythm_features_cannot_add_them(setup, tmp_path):
+    from training.static_recipe import StaticRecipe
+
+    config = recipe_settings(setup["codec"], lora_rank=4, lora_alpha=4.0)
+    recipe = StaticRecipe({**config, "dit": {**DIT, "rhythm_harmonics": 3}}, setup["data"])
+    with pytest.raises(BadInput, match="LoRA adapters cannot add") as caught:
+        recipe.init_from_bundle(load_bundle(setup["base"]), recipe.modules())
+    one_sentence(str(caught.value))
+    # and a generator that has them takes a LoRA run as any other
+    with_rhythm = {**recipe_settings(setup["codec"]), "dit": {**DIT, "rhythm_harmonics": 3}}
+    bundle = export_generator(with_rhythm, setup["data"], tmp_path / "rhythmic", seed=3)
+    assert load_bundle(bundle).config["dit"]["rhythm_harmonics"] == 3

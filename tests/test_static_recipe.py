@@ -573,3 +573,32 @@ def test_preview_samples_the_first_val_caption(cached_corpus, tmp_path):
     wav, sr = sf.read(tmp_path / "preview" / "step00000007_val0.wav", always_2d=True)
     assert sr == SR and wav.shape == (20 * 1024, 2) and np.isfinite(wav).all()
     assert (tmp_path / "preview" / "step00000007_val0.txt").read_text().strip() == "a tone for validation"
+
+
+def test_rhythm_skip_starts_at_the_least_squares_level_profile_of_the_data(cached_corpus):
+    from dataclasses import replace
+
+    from pipelines.dit import DiT, rhythm_features
+    from training.static_recipe import StaticRecipe
+
+    data, codec, _ = cached_corpus
+    recipe = StaticRecipe({"codec": str(codec), "dit": TINY_DIT}, data)
+    # the tiny codec measures no channels: pretend its last three are level, log-f0 and voicing
+    recipe.dit_config = replace(recipe.dit_config, x0_channels=3, rhythm_harmonics=2)
+    dit = DiT(recipe.dit_config)
+    assert dit.rhythm_skip.abs().sum() == 0
+    recipe.fit_rhythm_skip(dit)
+    level = recipe.codec.channels - 3
+    xs, ys = [], []
+    for clip in recipe.data:
+        if clip["present"][4]:
+            mask = clip["present"].float()[None, :, None].expand(1, 8, clip["controls"].shape[1]).clone()
+            mask[:, 6:8] *= float(clip["present"][6])
+            xs.append(rhythm_features(clip["controls"][None].float(), mask, recipe.dit_config)[0].T.numpy())
+            z = clip["z"][level].float().numpy()
+            ys.append(z - z.mean())
+    assert xs, "the tiny corpus should have a clip with a beat grid"
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    want = np.linalg.lstsq(x, y, rcond=None)[0]
+    assert dit.rhythm_skip.detach().numpy() == pytest.approx(want, rel=1e-3, abs=1e-4)
+    assert np.mean((y - x @ want) ** 2) < np.mean(y**2)  # the profile explains part of the level

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -486,6 +486,7 @@ class StaticRecipe:
     def modules(self) -> dict[str, torch.nn.Module]:
         if self.dit_config.x0_channels and not self._skip_fitted:
             self.fit_control_skip(self.model)
+            self.fit_rhythm_skip(self.model)
             self._skip_fitted = True
         return {"dit": self.model}
 
@@ -528,6 +529,36 @@ class StaticRecipe:
             line = [slope, float(y.mean()) - slope * float(x.mean())]
             dit.control_skip[j] = torch.tensor(line, device=dit.control_skip.device)
 
+    def fit_rhythm_skip(self, dit: DiT, clips: int = 1000) -> None:
+        """Set the DiT's rhythm skip (pipelines.dit, where it has one) to the least-squares profile of the
+        level channel over the beat and bar phases' harmonics, on the frames of up to `clips` train clips
+        with a beat grid (each clip's mean level taken out: the profile shapes the level within a clip and
+        leaves its loudness to the network). Deterministic, like fit_control_skip."""
+        if not hasattr(dit, "rhythm_skip"):
+            return
+        from pipelines.dit import rhythm_features
+
+        level = self.codec.channels - self.dit_config.x0_channels  # the first x0-predicted channel
+        beat = CONTROL_NAMES.index("beat_sin")
+        bar = CONTROL_NAMES.index("bar_sin")
+        xs, ys = [], []
+        for clip in self.data[:clips]:
+            if not bool(clip["present"][beat]):
+                continue
+            present = clip["present"].float()[:, None].expand(-1, clip["controls"].shape[1])
+            present = present.clone()
+            present[bar : bar + 2] *= float(bool(clip["present"][bar]))
+            feats = rhythm_features(clip["controls"][None].float(), present[None], self.dit_config)[0]
+            z = clip["z"][level].float()
+            xs.append(feats.T)
+            ys.append(z - z.mean())
+        if not xs:
+            return  # no clip with a beat grid: the skip stays zero and the rhythm embedding learns alone
+        x, y = torch.cat(xs), torch.cat(ys)
+        solution = torch.linalg.lstsq(x.double(), y.double()[:, None]).solution[:, 0]
+        with torch.no_grad():
+            dit.rhythm_skip.copy_(solution.float().to(dit.rhythm_skip.device))
+
     def dataset_size(self) -> int:
         return len(self.data)
 
@@ -559,6 +590,8 @@ class StaticRecipe:
                 f"The generator bundle {bundle.path} has no DiT config this soundloom knows."
             ) from None
         for f in fields(DiTConfig):
+            if f.name == "rhythm_harmonics" and theirs.rhythm_harmonics == 0:
+                continue  # a DiT without rhythm features grows them (init_from_bundle)
             if getattr(theirs, f.name) != getattr(self.dit_config, f.name):
                 raise BadInput(
                     f"The generator bundle {bundle.path} has a DiT with {f.name} {getattr(theirs, f.name)} but "
@@ -590,7 +623,20 @@ class StaticRecipe:
         from pipelines.bundle import bundle_hash
 
         self.check_init_bundle(bundle)
-        if self.lora_layers:
+        grown = self.dit_config.rhythm_harmonics and not bundle.config["dit"].get("rhythm_harmonics")
+        if grown:  # its rhythm embedding starts at zero (the DiT's function unchanged) and its skip is fitted
+            if self.lora_layers:
+                raise BadInput(
+                    f"The generator bundle {bundle.path} has no rhythm features, which LoRA adapters cannot add; "
+                    "set recipe.dit.rhythm_harmonics to 0 for a LoRA run on it, or train every weight."
+                )
+            dit = modules["dit"]
+            rhythm = {k: v for k, v in dit.state_dict().items() if k.startswith("rhythm_")}
+            before = DiT(replace(self.dit_config, rhythm_harmonics=0)).to(module_device(dit))
+            bundle.load_into("dit", before)
+            dit.load_state_dict({**before.state_dict(), **rhythm}, strict=True)
+            self.fit_rhythm_skip(dit)
+        elif self.lora_layers:
             load_base_into(bundle, "dit", modules["dit"])
         else:
             bundle.load_into("dit", modules["dit"])
