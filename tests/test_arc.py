@@ -42,6 +42,7 @@ from training.arc_recipe import (
     logsnr_uniform,
     prompt_match_accuracy,
     relativistic_losses,
+    shifted_grid,
     text_keys,
     truncated_depth,
 )
@@ -301,6 +302,31 @@ def test_relativistic_and_contrastive_losses_have_the_right_signs():
         float(contrastive_loss(high, low, valid, ones))
     )  # an invalid pair (identical captions) is not counted
     assert float(contrastive_loss(high, low, torch.tensor([False, False]), ones)) == 0.0
+
+
+def test_shifted_grid_moves_the_beat_half_a_beat_and_nothing_else():
+    frames = torch.arange(40, dtype=torch.float32)
+    beat_phase, bar_phase = (frames / 10) % 1.0, (frames / 40) % 1.0  # a beat is 10 frames, a 4/4 bar 40
+    controls = torch.randn(2, len(CONTROL_NAMES), 40)
+    index = {name: CONTROL_NAMES.index(name) for name in CONTROL_NAMES}
+    for name, phase in (("beat", beat_phase), ("bar", bar_phase)):
+        controls[:, index[f"{name}_sin"]] = torch.sin(2 * math.pi * phase)
+        controls[:, index[f"{name}_cos"]] = torch.cos(2 * math.pi * phase)
+    controls[1, index["beat_sin"] :, 20:] = 0.0  # absent beat and bar in the second half of clip 2
+    moved = shifted_grid(controls)
+
+    def phase_of(c, name):
+        return torch.atan2(c[:, index[f"{name}_sin"]], c[:, index[f"{name}_cos"]]) / (2 * math.pi) % 1.0
+
+    def wrapped(a, b):  # phase difference in (-0.5, 0.5]
+        return (a - b + 0.5) % 1.0 - 0.5
+
+    # five frames later on the beat (half of 10), and five frames of the 40-frame bar: 1/8 of it
+    assert torch.allclose(wrapped(phase_of(moved, "beat")[0], beat_phase).abs(), torch.tensor(0.5), atol=1e-5)
+    assert torch.allclose(wrapped(phase_of(moved, "bar")[0], bar_phase), torch.tensor(1 / 8), atol=1e-5)
+    assert torch.equal(moved[1, index["beat_sin"] :, 20:], torch.zeros(4, 20))  # absent stays absent
+    untouched = [index[n] for n in ("loudness", "onset", "log_f0", "voicing")]
+    assert torch.equal(moved[:, untouched], controls[:, untouched])
 
 
 def test_prompt_match_accuracy_counts_right_pairs_and_ties_half():
@@ -727,6 +753,39 @@ def test_arc_loss_leaves_the_batch_untouched(setup):
             assert torch.equal(value, kept[key]), key
 
 
+def test_arc_grid_term_scores_the_real_clip_under_a_moved_grid(setup):
+    from training.arc_recipe import ArcRecipe
+
+    recipe = ArcRecipe(
+        {
+            "codec": str(setup["codec"]),
+            "segment_frames": 24,
+            "dit": ARC_DIT,
+            "heldout_clips": 3,
+            "grid_contrastive_weight": 1.0,
+            "p_drop_controls": 0.0,
+            "p_drop_control_group": 0.0,
+        },
+        setup["data"],
+    )
+    recipe.init_from_bundle(load_bundle(setup["base"]), recipe.modules())
+    modules = recipe.modules()
+    beat, bar = CONTROL_NAMES.index("beat_sin"), CONTROL_NAMES.index("bar_sin")
+    for i in (0, 2):  # the test corpus has no pulse: give two clips a beat grid of 6 frames, bars of 4
+        clip = recipe.data[i]
+        n = clip["controls"].shape[-1]
+        phase = torch.arange(n, dtype=torch.float32) / 6
+        for index, period in ((beat, 1.0), (bar, 4.0)):
+            clip["controls"][index] = torch.sin(2 * math.pi * phase / period)
+            clip["controls"][index + 1] = torch.cos(2 * math.pi * phase / period)
+            clip["present"][index : index + 2] = True
+    torch.manual_seed(0)
+    loss, info = recipe.loss(0, [0, 1, 2, 3], modules)  # a discriminator step
+    assert torch.isfinite(loss) and math.isfinite(info["loss_grid"])
+    assert info["grid_pairs"] == 0.5 and 0.0 <= info["grid_acc"] <= 1.0  # clips 0 and 2 of 4
+    assert info["loss_grid"] > 0  # softplus over the clips with a grid: never 0 where there are some
+
+
 def test_arc_trains_a_pitched_dit_with_the_base_trainings_pitch_settings(setup):
     from training.arc_recipe import ArcRecipe
 
@@ -743,10 +802,22 @@ def test_arc_trains_a_pitched_dit_with_the_base_trainings_pitch_settings(setup):
     )
     assert recipe.config["p_pitch_from_text"] == 0.5 and recipe.config["p_pitch_hint"] == 0.5
     recipe.init = {"bundle": "random weights"}  # no pitched base bundle here: G and D keep their init
+    modules = recipe.modules()
+    gen = modules["dit"]
     for step in (0, 1):  # a discriminator step, then a generator step
         torch.manual_seed(step)
-        loss, _ = recipe.loss(step, [0, 1, 2, 3], recipe.modules())
+        gen.zero_grad()
+        loss, info = recipe.loss(step, [0, 1, 2, 3], modules)
         assert torch.isfinite(loss)
+        loss.backward()
+        # G steps keep training the prompt priors (they read the text projection that ARC moves)
+        prior_grads = [p.grad for p in [*gen.pitch_prior.parameters(), *gen.tempo_prior.parameters()]]
+        if step == 1:
+            assert math.isfinite(info["loss_pitch_prior"]) and math.isfinite(info["loss_tempo_prior"])
+            assert all(g is not None and g.abs().sum() > 0 for g in prior_grads)
+            assert loss.item() > info["loss_g"]  # L_G plus the priors' cross-entropy
+        else:
+            assert "loss_pitch_prior" not in info and all(g is None for g in prior_grads)
 
 
 def test_arc_says_why_it_cannot_run(setup, tmp_path):
@@ -841,7 +912,7 @@ def test_arc_preview_samples_by_pingpong_without_cfg(setup, tmp_path, monkeypatc
     assert len(used) == 1 and torch.equal(used[0], pingpong_times(8))
 
 
-def test_the_bundled_arc_config_fits_the_static_base_model():
+def test_the_bundled_arc_config_fits_the_bundled_base_model():
     from training.arc_recipe import DEFAULTS
     from training.recipes import recipe_settings
     from training.trainer import TrainConfig
@@ -851,7 +922,8 @@ def test_the_bundled_arc_config_fits_the_static_base_model():
     config = TrainConfig.from_dict(arc)
     settings = recipe_settings("arc", config.recipe, DEFAULTS)
     assert set(settings) == set(config.recipe)  # every constant is set explicitly in the file
-    assert settings["dit"] == json.loads((configs / "static.json").read_text())["recipe"]["dit"]
+    # the base is the rhythm stage: static.json's DiT with its rhythm features grown (rhythm.json)
+    assert settings["dit"] == json.loads((configs / "rhythm.json").read_text())["recipe"]["dit"]
     assert config.batch_size >= 2 and config.log_every % 2 == 1
 
 

@@ -21,6 +21,13 @@ seconds, controls and known frames.
     own, softplus(-(D(real_s, c) - D(real_s, c_mismatched))), over the clip's frames. c_mismatched comes
     from a derangement of the batch (no clip keeps its own caption); pairs whose captions are identical,
     or where either has no text, do not count. Weighted by contrastive_weight (lambda);
+  - beat-grid contrastive (D only, grid_contrastive_weight > 0): the same real_s must score lower
+    with its beat grid moved by half a beat (`shifted_grid`) than with its own, over the frames where
+    the beat control is present. The prompt contrast teaches D what a caption means; this one teaches it
+    where the hits of a pulse belong, so G is pushed to put them on the grid it is given;
+  - prompt priors (G only): the static recipe's cross-entropy terms of the pitch and tempo priors
+    (StaticRecipe.prior_terms, same weights), added to L_G. The priors are heads on the DiT's text
+    projection, which the adversarial loss moves; without these terms their picks drift;
   - optional approximate R1/R2 (r_penalty > 0): D's squared response to a small nudge of its real and
     fake inputs, ((D(x + r_sigma e) - D(x)) / r_sigma)^2, which estimates |grad D|^2 without double
     backward.
@@ -33,17 +40,18 @@ fast model still follows controls and fills known frames. Text is not dropped by
 model runs without CFG and never needs an unconditional prediction. As there, it trains on the modules'
 device and draws every random tensor on the CPU first (the held-out pairs too, built once, then moved).
 
-Metrics (besides the trainer's): loss_g (L_G), loss_d (L_D), d_real and d_fake (mean D logits on the
+Metrics (besides the trainer's): loss_g (L_G, without the prior terms), loss_d (L_D), d_real and d_fake (mean D logits on the
 generated frames), margin (mean delta), d_step (1 on discriminator steps), and, from the newest
-discriminator step, loss_c (L_C), pairs (share of the batch with a valid mismatch) and r_penalty (when
-on); d_match_acc is D's prompt-match accuracy on held-out pairs: val clips under their own caption and
+discriminator step, loss_c (L_C), pairs (share of the batch with a valid mismatch), r_penalty (when
+on), and with the beat-grid term loss_grid, grid_pairs (share of the batch with a beat grid) and grid_acc
+(share of those D scores higher under their own grid; chance 0.5); d_match_acc is D's prompt-match accuracy on held-out pairs: val clips under their own caption and
 under another's, at a fixed noise level; a pair counts as right when the own caption scores higher (a
 tie counts half, so chance is 0.5). It is measured every heldout_every steps. The newest figures are
 the recipe's state (state_dict), so a resumed run logs exactly what an uninterrupted one does.
 
 The bundled run, training/configs/arc.json (the recipe's own constants are explained at DEFAULTS):
-  - dit: static.json's, the DiT the base generator bundle was trained with (~9.0M parameters; D keeps 6
-    of its 8 blocks plus the head, ~6.9M);
+  - dit: rhythm.json's (static.json's plus the rhythm features), the DiT of the base generator bundle
+    (~9.8M parameters; D keeps 6 of its 8 blocks plus the head);
   - batch_size 8, steps 2500 (1250 updates each of G and D): measured here with one thread on a busy
     machine, a D step took 1.6 s and a G step 1.2 s at batch 8 (bf16 autocast, 259 frames), a static
     step 0.8 s; with per-step text encoding, held-out checks every 100 steps (~3 s each) and
@@ -68,6 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.controls import CONTROL_NAMES
 from pipelines.dit import DiT, DiTConfig
 from pipelines.errors import BadInput
 from pipelines.samplers import latent_noise, noise_to, time_of_logsnr
@@ -90,6 +99,14 @@ STATIC_KEYS = (  # the static recipe's settings that ARC uses (its t_mean / t_st
     "p_drop_pitch",
     "p_pitch_hint",
     "p_grid_only",  # the fast model keeps following the tempo prior's grid
+    # G's prompt priors read the text through the DiT's own text projection, which ARC moves: without their
+    # cross-entropy on G steps they drifted (3 dev note prompts the base got right came out a semitone off,
+    # every sample: pitch within 50 cents 77% -> 67%)
+    "pitch_prior_weight",
+    "pitch_prior_captions",
+    "tempo_prior_weight",
+    "tempo_prior_captions",
+    "tempo_caption_pool",
     "preview_steps",
     "preview_guidance",
     "extra_data",
@@ -109,6 +126,7 @@ DEFAULTS = {
     "d_logsnr_min": -4.0,  # D's re-noising level s: logSNR uniform in this range (t ~ 0.88 .. 0.05), where
     "d_logsnr_max": 6.0,  # content and detail show; at noisier levels real and fake look alike
     "contrastive_weight": 1.0,  # lambda: the contrastive term's weight in D's loss
+    "grid_contrastive_weight": 0.0,  # the beat-grid contrastive term's weight in D's loss (0: off)
     "r_penalty": 0.0,  # weight of the approximate R1/R2 penalty (0: off)
     "r_sigma": 0.01,  # the nudge it measures D's response to
     "d_steps": 1,  # per cycle: this many discriminator steps, then
@@ -189,6 +207,21 @@ def prompt_match_accuracy(
     own, other = ((d * weight).sum(1) / weight.sum(1).clamp(min=1e-8) for d in (d_own, d_mismatched))
     right = (own > other).float() + 0.5 * (own == other).float()
     return float(right[valid].mean()) if valid.any() else float("nan")
+
+
+def shifted_grid(controls: torch.Tensor, beats_per_bar: int = 4) -> torch.Tensor:
+    """Controls [B, 8, T] with the beat grid moved half a beat later: the beat phase's sin-cos pair turned
+    by pi, the bar phase's by pi / beats_per_bar (half a beat of the bar). Absent frames stay zero (a
+    rotation keeps zeros), and every other control is untouched."""
+    beat_sin, beat_cos, bar_sin, bar_cos = (
+        CONTROL_NAMES.index(n) for n in ("beat_sin", "beat_cos", "bar_sin", "bar_cos")
+    )
+    out = controls.clone()
+    for s_i, c_i, angle in ((beat_sin, beat_cos, math.pi), (bar_sin, bar_cos, math.pi / beats_per_bar)):
+        sin, cos = controls[:, s_i], controls[:, c_i]
+        out[:, s_i] = sin * math.cos(angle) + cos * math.sin(angle)
+        out[:, c_i] = cos * math.cos(angle) - sin * math.sin(angle)
+    return out
 
 
 def truncated_depth(depth: int, fraction: float) -> int:
@@ -287,6 +320,7 @@ class ArcRecipe(StaticRecipe):
             (0.0 < cfg["d_depth_fraction"] <= 1.0, "d_depth_fraction must be above 0 and at most 1"),
             (cfg["d_head_kernel"] % 2 == 1, "d_head_kernel must be odd, so each frame's logit is centred"),
             (cfg["contrastive_weight"] >= 0.0, "contrastive_weight must be 0 or more"),
+            (cfg["grid_contrastive_weight"] >= 0.0, "grid_contrastive_weight must be 0 or more"),
             (cfg["r_penalty"] >= 0.0, "r_penalty must be 0 or more"),
             (cfg["r_sigma"] > 0.0, "r_sigma must be positive"),
             (cfg["d_lr_scale"] > 0.0, "d_lr_scale must be positive"),
@@ -482,7 +516,7 @@ class ArcRecipe(StaticRecipe):
                 d_real = disc(real_s, s, **inputs)
             d_fake = disc(fake_s, s, **inputs)
             loss_g, loss_d = relativistic_losses(d_real, d_fake, generated)
-            loss = loss_g
+            loss = loss_g + self.prior_terms(gen, batch, info)  # the priors keep reading the moving text path
         else:
             perm, valid = derangement(text_keys(batch["text"], batch["text_mask"]))
             # a clip drawn twice (at an epoch's edge) may carry two of its own captions: not a mismatch
@@ -490,18 +524,36 @@ class ArcRecipe(StaticRecipe):
             perm, valid = perm.to(device), valid.to(device)
             mismatched = {**inputs, "text": batch["text"][perm], "text_mask": batch["text_mask"][perm]}
             xs, rows = [real_s, fake_s, real_s], [inputs, inputs, mismatched]
+            grid = cfg["grid_contrastive_weight"] > 0
+            if grid:  # the same real clip under its beat grid moved by half a beat
+                xs.append(real_s)
+                rows.append({**inputs, "controls": shifted_grid(inputs["controls"])})
             if cfg["r_penalty"] > 0:
                 nudges = [torch.randn(x0.shape, dtype=x0.dtype).to(device) for _ in range(2)]
                 xs += [real_s + cfg["r_sigma"] * nudges[0], fake_s + cfg["r_sigma"] * nudges[1]]
                 rows += [inputs, inputs]
-            scores = disc(torch.cat(xs), s.repeat(len(xs)), **_stack_inputs(rows)).chunk(len(xs))
+            scores = list(disc(torch.cat(xs), s.repeat(len(xs)), **_stack_inputs(rows)).chunk(len(xs)))
             d_real, d_fake, d_mismatched = scores[:3]
+            d_shifted = scores.pop(3) if grid else None
             loss_g, loss_d = relativistic_losses(d_real, d_fake, generated)
             seconds_frames = (batch["seconds"] * self.codec.latent_rate).round()
             in_clip = (torch.arange(x0.shape[-1], device=device)[None] < seconds_frames[:, None]).float()
             loss_c = contrastive_loss(d_real, d_mismatched, valid, in_clip)
             loss = loss_d + cfg["contrastive_weight"] * loss_c
             self.last.update(loss_c=float(loss_c.detach()), pairs=float(valid.float().mean()))
+            if grid:
+                # [B, T]: the frames where the beat grid is given (the batch's control dropout decides)
+                beat = inputs["control_mask"][:, CONTROL_NAMES.index("beat_sin")].float()
+                on_grid = beat.any(dim=1)
+                loss_grid = contrastive_loss(d_real, d_shifted, on_grid, in_clip * beat)
+                loss = loss + cfg["grid_contrastive_weight"] * loss_grid
+                self.last.update(
+                    loss_grid=float(loss_grid.detach()),
+                    grid_pairs=float(on_grid.float().mean()),
+                    grid_acc=prompt_match_accuracy(
+                        d_real.detach(), d_shifted.detach(), on_grid, in_clip * beat
+                    ),
+                )
             if cfg["r_penalty"] > 0:
                 nudged = torch.cat(scores[3:]) - torch.cat([d_real, d_fake])
                 penalty = (nudged / cfg["r_sigma"]).square().mean()
