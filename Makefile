@@ -64,7 +64,12 @@ bundle-generator: setup
 	$(SL) dataset build --out $(BUNDLE_WORK)/notes --hours 2 --seed 1 --categories note --latents
 	$(SL) train --recipe static --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/static-run \
 		--config training/configs/static.json --set 'recipe.extra_data=["$(BUNDLE_WORK)/notes"]' --resume
-	$(SL) bundle export --run $(BUNDLE_WORK)/static-run --data $(BUNDLE_WORK)/corpus --out assets/generator-base
+	$(SL) bundle export --run $(BUNDLE_WORK)/static-run --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/generator-static
+	# second stage: the rhythm features grown on the static model (pipelines/dit.py, rhythm_harmonics)
+	$(SL) train --recipe static --init $(BUNDLE_WORK)/generator-static --data $(BUNDLE_WORK)/corpus \
+		--out $(BUNDLE_WORK)/rhythm-run --config training/configs/rhythm.json \
+		--set 'recipe.extra_data=["$(BUNDLE_WORK)/notes"]' --resume
+	$(SL) bundle export --run $(BUNDLE_WORK)/rhythm-run --data $(BUNDLE_WORK)/corpus --out assets/generator-base
 	$(SL) eval --model assets/generator-base --prompts assets/prompts/dev.jsonl --data $(BUNDLE_WORK)/corpus \
 		--json $(BUNDLE_WORK)/bench/generator-base-eval.json --update-card
 	$(SL) bench generate --model assets/generator-base --json $(BUNDLE_WORK)/bench/generate-base.json
