@@ -532,6 +532,13 @@ def test_extra_corpora_join_the_training_clips(cached_corpus, tmp_path):
     alone = StaticRecipe({"codec": str(codec), "dit": TINY_DIT}, data).dataset_size()
     both = StaticRecipe({"codec": str(codec), "dit": TINY_DIT, "extra_data": [str(data)]}, data)
     assert both.dataset_size() == 2 * alone
+    replay = StaticRecipe(
+        {"codec": str(codec), "dit": TINY_DIT, "extra_data": [str(data)], "data_repeat": 3}, data
+    )
+    assert replay.dataset_size() == 4 * alone  # --data's clips three times, the extra corpus's once
+    assert replay.data[0] is replay.data[alone]  # counted again, not copied
+    with pytest.raises(BadInput, match="data_repeat must be a whole number"):
+        StaticRecipe({"codec": str(codec), "dit": TINY_DIT, "data_repeat": 0}, data)
     with pytest.raises(BadInput, match="does not exist"):
         StaticRecipe(
             {"codec": str(codec), "dit": TINY_DIT, "extra_data": [str(tmp_path / "no")]}, data

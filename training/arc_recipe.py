@@ -110,6 +110,7 @@ STATIC_KEYS = (  # the static recipe's settings that ARC uses (its t_mean / t_st
     "preview_steps",
     "preview_guidance",
     "extra_data",
+    "data_repeat",
     "time_shift",  # exported with the bundle; ping-pong sampling keeps its own logSNR grid
     "noise_offset",
 )

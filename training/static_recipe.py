@@ -74,6 +74,9 @@ DEFAULTS = {
     "segment_frames": 259,  # ~6 s at 43.07 Hz
     "categories": None,  # train only on these corpus categories (e.g. ["note"] for the pitch go/no-go); None: all
     "extra_data": [],  # more corpus folders (each encoded for the same codec) whose train clips join --data's
+    # --data's clips count this many times in every epoch: a fine-tune on a few dozen sounds with the
+    # bundled corpus as extra_data (replay, so the model keeps what it knew) sets their share of the batches
+    "data_repeat": 1,
     "t_mean": 0.0,  # logit-normal timesteps: t = sigmoid(t_mean + t_std * n)
     "t_std": 1.0,
     # SD3's shift toward high noise, in training (the logit mean moves by ln(shift)) and in sampling (the
@@ -213,6 +216,9 @@ class StaticRecipe:
             value = cfg[name]
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 100.0:
                 raise BadInput(f"{name} must be a number from 0 to 100 (got {value}).")
+        repeat = cfg["data_repeat"]
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= 10000:
+            raise BadInput(f"data_repeat must be a whole number from 1 to 10000 (got {repeat!r}).")
         for name in ("pitch_prior_captions", "tempo_prior_captions", "tempo_caption_pool"):
             extra = cfg[name]
             if isinstance(extra, bool) or not isinstance(extra, int) or not 0 <= extra <= 65536:
@@ -283,7 +289,8 @@ class StaticRecipe:
         return self._data
 
     def _read_cache(self) -> list[dict]:
-        data = [clip for folder in self.data_dirs for clip in self._read_corpus(folder)]
+        own = self._read_corpus(self.data_dir) * self.config["data_repeat"]  # the same clips, counted again
+        data = own + [clip for folder in self.data_dirs[1:] for clip in self._read_corpus(folder)]
         # every caption's embedding stays cached: the priors read many captions per step
         # recipes that do not train the tempo prior (arc) have no pool setting
         pool = self.config.get("tempo_caption_pool", 0) if self.dit_config.tempo_classes else 0
