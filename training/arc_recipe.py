@@ -63,7 +63,11 @@ The bundled run, training/configs/arc.json (the recipe's own constants are expla
   - ema_decay 0.995: the EMA moves only on G steps, so its ~200-update horizon spans the last sixth of
     the run rather than the base's 0.999 (1000 updates, most of the run);
   - log_every 5 (odd, so records alternate between D and G steps), ckpt_every 250, previews every 500
-    steps by 8 ping-pong steps without CFG, as the bundle will sample.
+    steps by 8 ping-pong steps without CFG, as the bundle will sample;
+  - grid_contrastive_weight 1: on the rhythm base, two runs the same but for this term measured (55 dev
+    prompts x 5, text only) tempo within 2% 19% without it and 49% with it (real clips 54%), pitch 83%
+    both, judge FD 0.240 and 0.234; D tells a clip's own grid from one moved half a beat within a few
+    hundred steps (grid_acc ~1).
 """
 
 from __future__ import annotations
