@@ -547,14 +547,11 @@ class StaticRecipe:
 
         level = self.codec.channels - self.dit_config.x0_channels  # the first x0-predicted channel
         beat = CONTROL_NAMES.index("beat_sin")
-        bar = CONTROL_NAMES.index("bar_sin")
         xs, ys = [], []
         for clip in self.data[:clips]:
             if not bool(clip["present"][beat]):
                 continue
             present = clip["present"].float()[:, None].expand(-1, clip["controls"].shape[1])
-            present = present.clone()
-            present[bar : bar + 2] *= float(bool(clip["present"][bar]))
             feats = rhythm_features(clip["controls"][None].float(), present[None], self.dit_config)[0]
             z = clip["z"][level].float()
             xs.append(feats.T)
