@@ -727,13 +727,16 @@ def test_arc_exports_a_pingpong_bundle_the_generator_runs(setup, straight_run, t
     np.testing.assert_allclose(twins[0].samples, audio.samples, atol=1e-4)  # variation i is seed + i alone
 
 
-def test_arc_loss_leaves_the_batch_untouched(setup):
+def tiny_arc(setup: dict, **settings):
+    """An ArcRecipe on the test corpus with the tiny DiT (settings override the recipe's)."""
     from training.arc_recipe import ArcRecipe
 
-    recipe = ArcRecipe(
-        {"codec": str(setup["codec"]), "segment_frames": 24, "dit": ARC_DIT, "heldout_clips": 3},
-        setup["data"],
-    )
+    base = {"codec": str(setup["codec"]), "segment_frames": 24, "dit": ARC_DIT, "heldout_clips": 3}
+    return ArcRecipe({**base, **settings}, setup["data"])
+
+
+def test_arc_loss_leaves_the_batch_untouched(setup):
+    recipe = tiny_arc(setup)
     recipe.init_from_bundle(load_bundle(setup["base"]), recipe.modules())
     kept = {}
     make_batch = recipe.batch
@@ -754,20 +757,7 @@ def test_arc_loss_leaves_the_batch_untouched(setup):
 
 
 def test_arc_grid_term_scores_the_real_clip_under_a_moved_grid(setup):
-    from training.arc_recipe import ArcRecipe
-
-    recipe = ArcRecipe(
-        {
-            "codec": str(setup["codec"]),
-            "segment_frames": 24,
-            "dit": ARC_DIT,
-            "heldout_clips": 3,
-            "grid_contrastive_weight": 1.0,
-            "p_drop_controls": 0.0,
-            "p_drop_control_group": 0.0,
-        },
-        setup["data"],
-    )
+    recipe = tiny_arc(setup, grid_contrastive_weight=1.0, p_drop_controls=0.0, p_drop_control_group=0.0)
     recipe.init_from_bundle(load_bundle(setup["base"]), recipe.modules())
     modules = recipe.modules()
     beat, bar = CONTROL_NAMES.index("beat_sin"), CONTROL_NAMES.index("bar_sin")
@@ -787,19 +777,8 @@ def test_arc_grid_term_scores_the_real_clip_under_a_moved_grid(setup):
 
 
 def test_arc_trains_a_pitched_dit_with_the_base_trainings_pitch_settings(setup):
-    from training.arc_recipe import ArcRecipe
-
     dit = {**ARC_DIT, "pitch_classes": 12, "pitch_low": 48, "tempo_classes": 10}
-    recipe = ArcRecipe(
-        {
-            "codec": str(setup["codec"]),
-            "segment_frames": 24,
-            "dit": dit,
-            "heldout_clips": 3,
-            "p_pitch_hint": 0.5,
-        },
-        setup["data"],
-    )
+    recipe = tiny_arc(setup, dit=dit, p_pitch_hint=0.5)
     assert recipe.config["p_pitch_from_text"] == 0.5 and recipe.config["p_pitch_hint"] == 0.5
     recipe.init = {"bundle": "random weights"}  # no pitched base bundle here: G and D keep their init
     modules = recipe.modules()
