@@ -40,13 +40,14 @@ fast model still follows controls and fills known frames. Text is not dropped by
 model runs without CFG and never needs an unconditional prediction. As there, it trains on the modules'
 device and draws every random tensor on the CPU first (the held-out pairs too, built once, then moved).
 
-Metrics (besides the trainer's): loss_g (L_G, without the prior terms), loss_d (L_D), d_real and d_fake (mean D logits on the
-generated frames), margin (mean delta), d_step (1 on discriminator steps), and, from the newest
-discriminator step, loss_c (L_C), pairs (share of the batch with a valid mismatch), r_penalty (when
-on), and with the beat-grid term loss_grid, grid_pairs (share of the batch with a beat grid) and grid_acc
-(share of those D scores higher under their own grid; chance 0.5); d_match_acc is D's prompt-match accuracy on held-out pairs: val clips under their own caption and
-under another's, at a fixed noise level; a pair counts as right when the own caption scores higher (a
-tie counts half, so chance is 0.5). It is measured every heldout_every steps. The newest figures are
+Metrics (besides the trainer's): loss_g (L_G, without the prior terms), loss_d (L_D), d_real and d_fake
+(mean D logits on the generated frames), margin (mean delta), d_step (1 on discriminator steps), and,
+from the newest discriminator step, loss_c (L_C), pairs (share of the batch with a valid mismatch),
+r_penalty (when on), and with the beat-grid term loss_grid, grid_pairs (share of the batch with a beat
+grid) and grid_acc (share of those D scores higher under their own grid; chance 0.5); d_match_acc is
+D's prompt-match accuracy on held-out pairs: val clips under their own caption and under another's, at
+a fixed noise level; a pair counts as right when the own caption scores higher (a tie counts half, so
+chance is 0.5). It is measured every heldout_every steps. The newest figures are
 the recipe's state (state_dict), so a resumed run logs exactly what an uninterrupted one does.
 
 The bundled run, training/configs/arc.json (the recipe's own constants are explained at DEFAULTS):
@@ -81,7 +82,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipelines.controls import CONTROL_NAMES
-from pipelines.dit import DiT, DiTConfig
+from pipelines.dit import RHYTHM_CONTROL_INDEX, DiT, DiTConfig
 from pipelines.errors import BadInput
 from pipelines.samplers import latent_noise, noise_to, time_of_logsnr
 from training.recipes import recipe_settings
@@ -218,9 +219,7 @@ def shifted_grid(controls: torch.Tensor, beats_per_bar: int = 4) -> torch.Tensor
     """Controls [B, 8, T] with the beat grid moved half a beat later: the beat phase's sin-cos pair turned
     by pi, the bar phase's by pi / beats_per_bar (half a beat of the bar). Absent frames stay zero (a
     rotation keeps zeros), and every other control is untouched."""
-    beat_sin, beat_cos, bar_sin, bar_cos = (
-        CONTROL_NAMES.index(n) for n in ("beat_sin", "beat_cos", "bar_sin", "bar_cos")
-    )
+    beat_sin, beat_cos, bar_sin, bar_cos = RHYTHM_CONTROL_INDEX
     out = controls.clone()
     for s_i, c_i, angle in ((beat_sin, beat_cos, math.pi), (bar_sin, bar_cos, math.pi / beats_per_bar)):
         sin, cos = controls[:, s_i], controls[:, c_i]
