@@ -245,6 +245,26 @@ def _phase(times: np.ndarray, marks: np.ndarray, gap: float) -> np.ndarray:
     return np.clip(phase, 0.0, np.nextafter(1.0, 0.0)).astype(np.float32)
 
 
+def given_pulse(
+    beats_s: np.ndarray | list[float], bars_s: np.ndarray | list[float] | None, beats_per_bar: int
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(beats, bars, tempo) from known beat times (and bar times; every `beats_per_bar`-th beat when None)."""
+    beats = np.asarray(beats_s, dtype=np.float64)
+    tempo = tempo_from_beats(beats) if beats.size >= 2 else None
+    bars = np.asarray(bars_s, dtype=np.float64) if bars_s is not None else beats[::beats_per_bar]
+    return beats, bars, tempo
+
+
+def pulse_phases(
+    times: np.ndarray, beats: np.ndarray, bars: np.ndarray, tempo: float | None, beats_per_bar: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The beat and bar sawtooths at `times` (float32, zeros where there is no tempo)."""
+    if tempo is None:
+        return np.zeros(times.shape, np.float32), np.zeros(times.shape, np.float32)
+    beat = float(np.median(np.diff(beats))) if len(beats) >= 2 else 0.0
+    return _phase(times, beats, beat), _phase(times, bars, beat * beats_per_bar)
+
+
 # ---------------------------------------------------------------- per frame
 
 
@@ -329,9 +349,7 @@ def analyze_frames(
         voicing = np.zeros(n_frames, dtype=np.float32)
 
     if beats_s is not None:
-        beats = np.asarray(beats_s, dtype=np.float64)
-        tempo = tempo_from_beats(beats) if beats.size >= 2 else None
-        bars = np.asarray(bars_s, dtype=np.float64) if bars_s is not None else beats[::beats_per_bar]
+        beats, bars, tempo = given_pulse(beats_s, bars_s, beats_per_bar)
     else:
         beat_env = _onset_envelope(_stft_magnitude(y, BEAT_HOP))
         beats, clarity = _beats_from_onsets(beat_env, BEAT_HOP)
@@ -342,17 +360,15 @@ def analyze_frames(
             tempo, beats, bars = None, np.zeros(0), np.zeros(0)
         if bars_s is not None:
             bars = np.asarray(bars_s, dtype=np.float64)
-    beat = float(np.median(np.diff(beats))) if len(beats) >= 2 else 0.0
+    beat_phase, bar_phase = pulse_phases(times, beats, bars, tempo, beats_per_bar)
     return FrameFeatures(
         frame_rate=float(frame_rate),
         loudness_db=loudness,
         onset=onset,
         f0_hz=f0_hz,
         voicing=voicing,
-        beat_phase=_phase(times, beats, beat) if tempo is not None else np.zeros(n_frames, np.float32),
-        bar_phase=_phase(times, bars, beat * beats_per_bar)
-        if tempo is not None
-        else np.zeros(n_frames, np.float32),
+        beat_phase=beat_phase,
+        bar_phase=bar_phase,
         brightness=brightness,
         tempo_bpm=tempo,
         downbeat_s=float(bars[0]) if len(bars) else None,

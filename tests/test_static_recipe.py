@@ -20,6 +20,7 @@ from pipelines.codec import CodecConfig, CodecModel
 from pipelines.controls import (
     CONTROL_GROUPS,
     CONTROL_NAMES,
+    beat_grid_controls,
     controls_to_tensor,
     drop_controls,
     measure_controls,
@@ -105,6 +106,25 @@ def test_known_grid_replaces_the_estimate():
     i = 10
     expected = 2 * np.pi * ((i + 0.5) / RATE / 0.5 % 1.0)
     assert abs(np.arctan2(c.values[4, i], c.values[5, i]) % (2 * np.pi) - expected) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("bpm", "frames", "bars"),
+    [(120.0, 517, None), (93.7, 300, None), (77.0, 1000, [0.5, 3.6]), (150.0, 40, []), (120.0, 10, None)],
+)
+def test_beat_grid_controls_equal_measuring_silence_with_that_grid(bpm, frames, bars):
+    """The generator's tempo grid skips the audio analysis; it must be what measure_controls gives."""
+    rate = 44100 / 1024
+    beats = [60.0 * k / bpm for k in range(int(np.ceil(frames / rate * bpm / 60.0)) + 2)]
+    bars = [] if bars is None else bars
+    fast = beat_grid_controls(beats, bars, frames, rate)
+    silence = Audio(np.zeros((1, int(np.ceil(frames / rate * 22050)) + 1), np.float32), 22050)
+    slow = measure_controls(silence, frames, rate, beats_s=beats, bars_s=bars)
+    pulse = [*CONTROL_GROUPS["beat"], *CONTROL_GROUPS["bar"]]
+    np.testing.assert_array_equal(fast.present[pulse], slow.present[pulse])
+    np.testing.assert_array_equal(fast.values[pulse], slow.values[pulse])
+    assert group_present(fast.present, "beat") and group_present(fast.present, "bar") == bool(bars)
+    assert not fast.present[: min(pulse)].any() and not fast.values[: min(pulse)].any()
 
 
 def test_silence_has_no_pitch_and_no_pulse():
