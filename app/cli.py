@@ -727,6 +727,8 @@ def _bench(args: argparse.Namespace) -> int:
         args.steps = args.steps[0]
     if args.what == "load":
         return _bench_load(args)
+    if args.what == "finetune":
+        return _bench_finetune(args)
 
     for flag, given in (("--requests", args.requests), ("--seconds", args.seconds), ("--steps", args.steps)):
         if given is not None:
@@ -742,6 +744,29 @@ def _bench(args: argparse.Namespace) -> int:
     from training.bench_codec import run
 
     run(json_out, data=data, model=args.model, update_card=args.update_card)  # prints its own table
+    return 0
+
+
+def _bench_finetune(args: argparse.Namespace) -> int:
+    from pipelines.errors import BadInput
+
+    for flag, given in (
+        ("--requests", args.requests),
+        ("--seconds", args.seconds),
+        ("--update-card", args.update_card),
+    ):
+        if given:
+            raise BadInput(
+                f"{flag} is not for `{PROG} bench finetune`; it takes --data, --model, --steps and --json."
+            )
+    if not args.data:
+        raise BadInput(f"`{PROG} bench finetune` needs --data FOLDER, a folder of your sounds (ten or more).")
+    folder = _existing_dir(args.data, "--data")
+    model = _existing_dir(args.model, "--model") if args.model else None
+    json_out = _output_file(args.json, "--json") if args.json else None
+    from app.bench_finetune import run_bench
+
+    run_bench(folder, json_out, model=model, steps=args.steps)  # prints its own table
     return 0
 
 
@@ -1389,9 +1414,10 @@ def build_parser() -> argparse.ArgumentParser:
         "each of --steps (default 1,2,4,8) for each --model BUNDLE[@SAMPLER], drawn to --png and written to "
         "--json. bench generate --options: every inference option against the default, same prompts. "
         "bench generate --compare BUNDLE: --model against BUNDLE in one run (cold start, medians, memory, "
-        "compute floor)."
+        "compute floor). bench finetune --data FOLDER: the Train tab's quick fine-tune on a folder of sounds, "
+        "timed, with the eval's figures before and after on its held-out clips and on the dev prompts."
     )
-    p.add_argument("what", choices=["codec", "generate", "pipelines", "load", "steps"])
+    p.add_argument("what", choices=["codec", "generate", "pipelines", "load", "steps", "finetune"])
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     p.add_argument(
         "--requests", type=_positive_int, metavar="N", help="concurrent studio requests (load; default 16)"
@@ -1403,7 +1429,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="sampling steps (load; default: model's); steps: a list 1,2,4,8",
     )
-    p.add_argument("--data", metavar="DIR", help="corpus whose test split to measure (codec, steps)")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="corpus whose test split to measure (codec, steps); finetune: a folder of sounds",
+    )
     p.add_argument("--update-card", action="store_true", help="record the figures in the bundle's model card")
     p.add_argument(
         "--model",

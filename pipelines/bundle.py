@@ -50,6 +50,19 @@ def bundle_hash(path: Path | str) -> str:
     return sha256_bytes(canonical.encode())
 
 
+def hash_or_none(folder: Path) -> str | None:
+    """bundle_hash of a folder that holds a readable bundle, else None."""
+    try:
+        return bundle_hash(folder) if (folder / "model.json").is_file() else None
+    except BadInput:
+        return None
+
+
+def bundles_in(root: Path) -> list[Path]:
+    """The bundle folders directly inside `root` (none when it is not a folder), by name."""
+    return sorted(p.parent for p in root.glob("*/model.json")) if root.is_dir() else []
+
+
 def update_card(path: Path | str, updates: dict) -> None:
     """Merge `updates` into a bundle's card (e.g. eval figures), rewriting model.json atomically."""
     model_json = Path(path) / "model.json"

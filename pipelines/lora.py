@@ -57,6 +57,8 @@ from pipelines.bundle import (
     ASSETS_DIR,
     Bundle,
     bundle_hash,
+    bundles_in,
+    hash_or_none,
     load_bundle,
     read_model_json,
     save_bundle,
@@ -304,13 +306,6 @@ def _base_name(adapter: Bundle) -> str:
     return str(recorded or Path(_base_ref(adapter).get("path", "base")).name)
 
 
-def _hash_or_none(folder: Path) -> str | None:
-    try:
-        return bundle_hash(folder) if (folder / "model.json").is_file() else None
-    except BadInput:
-        return None
-
-
 def _wrong_base(adapter: Bundle, base: Path, got: str) -> BadInput:
     want = _base_ref(adapter)["sha256"]
     return BadInput(
@@ -324,8 +319,7 @@ def _search_places(adapter_dir: Path, rel: str, search: tuple[Path, ...] = ()) -
     folder), the folders of `search`, then assets/."""
     places = [adapter_dir / rel] if rel else []
     for root in (adapter_dir.parent, *search, ASSETS_DIR):
-        if root.is_dir():
-            places += sorted(p.parent for p in root.glob("*/model.json") if p.parent != adapter_dir)
+        places += [p for p in bundles_in(root) if p != adapter_dir]
     return places
 
 
@@ -346,9 +340,9 @@ def find_base(
         return base.resolve()
     rel = str(ref.get("path") or "")
     for place in _search_places(adapter.path, rel, tuple(Path(s) for s in search)):
-        if _hash_or_none(place) == want:
+        if hash_or_none(place) == want:
             return place.resolve()
-    got = _hash_or_none(adapter.path / rel) if rel else None
+    got = hash_or_none(adapter.path / rel) if rel else None
     if got is not None:
         raise _wrong_base(adapter, adapter.path / rel, got)
     raise BadInput(
@@ -481,12 +475,12 @@ def import_adapter(
         final = (models_dir / name).resolve()
         ref = _base_ref(adapter)
         rel, want = str(ref.get("path") or ""), ref["sha256"]
-        if not any(_hash_or_none(p) == want for p in _search_places(final, rel)):
+        if not any(hash_or_none(p) == want for p in _search_places(final, rel)):
             meta = read_model_json(tmp)
             meta["components"]["base"]["path"] = os.path.relpath(base_path, final)
             write_atomic(tmp / "model.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if final.exists():
-            if _hash_or_none(final) == bundle_hash(tmp):
+            if hash_or_none(final) == bundle_hash(tmp):
                 return final
             raise BadInput(
                 f"{final} already holds another model; pass another name for the imported adapter."

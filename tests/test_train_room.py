@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import stat
 import time
@@ -18,7 +19,7 @@ import gradio as gr
 import numpy as np
 import pytest
 import soundfile as sf
-from test_arc import write_corpus
+from test_arc import base_generator_bundle, write_corpus
 from test_generator import tiny_generator_bundle
 from test_stage_adaptive import SA_DIT, no_controls, ssl_bundle
 from test_stage_adaptive import recipe_settings as sa_recipe_settings
@@ -28,9 +29,11 @@ from app import train_worker as worker
 from app.browser import CHROMIUM, free_port, launch_chromium
 from app.studio import Studio, build_app, launch
 from app.train_plots import PLOTS, overfitting_warning, plot_frame
-from app.train_room import COMPARISON, CUSTOM, QUICK, SOURCES, TrainRoom
+from app.train_room import COMPARISON, CUSTOM, QUICK, QUICK_STEPS, SOURCES, TrainRoom
 from app.zip_upload import ZipLimits, extract_zip
+from pipelines.bundle import bundle_hash, update_card
 from pipelines.errors import BadInput
+from training.corpus import read_manifest
 from training.dataset_check import check_dataset
 from training.latent_cache import encode_corpus
 
@@ -283,8 +286,54 @@ def test_run_settings_are_checked_before_anything_starts(tmp_path):
     assert "up to 3 hours" in refused(lambda: room.prepare(SOURCES[0], 5, 0, None, None, ""))
     assert room.jobs() == [] and room.running_job() is None
     # a preset fills the controls
-    assert room.preset_changed(QUICK)[:4] == ("static", "LoRA adapters", True, 500)
+    assert room.preset_changed(QUICK)[:4] == ("static", "full fine-tune", True, QUICK_STEPS)
     assert room.preset_changed(COMPARISON)[3] == 1200 and room.preset_changed(COMPARISON)[4]["visible"]
+
+
+def test_the_quick_fine_tune_starts_from_the_flow_model_and_replays_its_corpus(tiny, tmp_path):
+    """An ARC default is fine-tuned through the flow model it was made from; the quick preset replays that
+    model's corpus (found by how it was built, with latents for its codec) so it keeps what it knew."""
+    models = tmp_path / "models"
+    base = base_generator_bundle(models / "flow", tiny["setup"]["codec"])
+    built = {"format_version": 1, "seed": 7, "hours": 0.01, "categories": None}
+    update_card(base, {"data": built})
+    arc = models / "fast"
+    shutil.copytree(base, arc)
+    meta = json.loads((arc / "model.json").read_text())
+    meta["config"].update(sampler="pingpong", steps=8, guidance=1.0)  # another model: another hash
+    meta["card"] = {"recipe": "arc", "base_model": {"bundle": "flow", "sha256": bundle_hash(base)}}
+    (arc / "model.json").write_text(json.dumps(meta))
+
+    room = TrainRoom(Studio(arc, tmp_path / "outputs"), tmp_path / "training", data_roots=[tmp_path])
+    mine = shutil.copytree(tiny["setup"]["data"], room.data_dir / "mine")
+    replay = shutil.copytree(tiny["setup"]["data"], room.data_dir / "corpus")
+    lines = (mine / "manifest.jsonl").read_text().splitlines()
+    (mine / "manifest.jsonl").write_text(lines[0] + "\n")  # one clip of my own
+    theirs = len(read_manifest(replay, split="train"))
+    assert theirs >= 3 and read_manifest(mine, split="train")
+    (replay / "corpus.json").write_text(
+        json.dumps({**built, "state": "done", "counts": {"split": {"train": theirs}}})
+    )
+    args = ("mine", QUICK, "static", "LoRA adapters", 8, True, 10, 1, "")
+    plan = room.plan(*args)
+    assert plan.init.resolve() == base.resolve()
+    assert plan.config["recipe"]["extra_data"] == [str(replay)]
+    assert plan.config["recipe"]["data_repeat"] == theirs  # my clip fills half the batches
+    assert "few-step ARC model" in plan.notes[0] and plan.notes[1].startswith("Replaying flow's corpus")
+
+    (replay / "corpus.json").write_text(json.dumps({**built, "seed": 8, "state": "done"}))  # built otherwise
+    plan = room.plan(*args)
+    assert "extra_data" not in plan.config["recipe"] and "No copy of flow's training corpus" in plan.notes[1]
+    custom = room.plan("mine", CUSTOM, "static", "LoRA adapters", 8, True, 10, 1, "")
+    assert custom.init.resolve() == base.resolve() and len(custom.notes) == 1  # only the quick preset replays
+
+    flow_room = TrainRoom(Studio(base, tmp_path / "outputs"), tmp_path / "training", data_roots=[tmp_path])
+    plan = flow_room.plan(*args)
+    assert plan.init.resolve() == base.resolve() and not any("ARC" in n for n in plan.notes)
+    shutil.rmtree(base)
+    assert "few-step ARC model; fine-tuning starts from the flow model it was made from (flow)" in refused(
+        lambda: room.start(*args)
+    )
 
 
 def test_plots_show_only_the_keys_a_run_logs_and_overfitting_is_said():

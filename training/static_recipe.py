@@ -276,6 +276,7 @@ class StaticRecipe:
         self._data: list[dict] | None = None
         self._silence: torch.Tensor | None = None
         self._tempo_pool: list[tuple[str, int]] | None = None
+        self._captions_warm = False
         self._skip_fitted = False
         self._tempo_known: list[int] | None = None
 
@@ -298,12 +299,19 @@ class StaticRecipe:
             self.text_encoder.cache_size, 2 * sum(len(d["captions"]) for d in data) + 2 * pool
         )
         self._tempo_pool = self.tempo_caption_pool(data, pool) if pool else []
-        # one batched pass instead of one caption at a time inside the first thousand steps
-        captions = [c for d in data for c in d["captions"]] + [c for c, _ in self._tempo_pool]
+        return data
+
+    def _warm_captions(self) -> None:
+        """Every caption the run can draw, encoded in one batched pass instead of one at a time inside the
+        first thousand steps. The first embed_text asks for it, so work that never embeds a caption (fitting
+        the skips, exporting a checkpoint: ~80 s for the bundled corpus) never pays it."""
+        if self._captions_warm:
+            return
+        captions = [c for d in self.data for c in d["captions"]] + [c for c, _ in self._tempo_pool or []]
         if len(captions) > 1000:
             print(f"Encoding {len(set(captions)):,} captions once (about 10 ms each)...", file=sys.stderr)
         self.text_encoder.warm(captions)
-        return data
+        self._captions_warm = True
 
     def tempo_caption_pool(self, data: list[dict], size: int) -> list[tuple[str, int]]:
         """`size` (caption, tempo class) pairs: the corpus captioner's words for train clips with a known
@@ -407,6 +415,7 @@ class StaticRecipe:
         """
         rows = []
         with torch.autocast("cpu", enabled=False):
+            self._warm_captions()  # float32 like the rest: the run's autocast must not reach the cache
             for caption in captions:
                 rows.append(self.text_encoder.encode([caption]).tokens[0] if caption else None)
         longest = max([1] + [r.shape[0] for r in rows if r is not None])
