@@ -59,6 +59,12 @@ class Conditions:
     known_mask: torch.Tensor | None = None  # [1, frames]
     init: torch.Tensor | None = None  # [C, frames] latent to start from, noised to t_start
     t_start: float = 1.0
+    # The sound goes on past the window's end (a stream, a loop, a window of a long continuation), so the
+    # `seconds` condition says so: at least segment_frames, as for the training crops of longer clips.
+    # Otherwise it is the window's length, which the model reads as "the sound ends here": clips shorter
+    # than a crop end with a release into silence. A 120 s stream told that every 4 s window ends fell
+    # silent (below -60 dB) in 4 to 19 of its seconds; told it goes on, in none (README, live).
+    continues: bool = False
 
 
 # ---------------------------------------------------------------- inputs
@@ -223,7 +229,8 @@ def sample_window(
     if cond.init is not None and cond.t_start <= 0.0:
         return cond.init.float().clone()
 
-    extra: dict = {"seconds": torch.full((1,), frames / gen.codec.latent_rate)}
+    length = max(frames, gen.segment_frames) if cond.continues else frames
+    extra: dict = {"seconds": torch.full((1,), length / gen.codec.latent_rate)}
     if cond.controls is not None:
         extra["controls"], extra["control_mask"] = (
             cond.controls[None].float(),
@@ -258,18 +265,20 @@ def continue_latent(
     *,
     controls: torch.Tensor | None = None,
     control_mask: torch.Tensor | None = None,
+    continues: bool = False,
     callback=None,
 ) -> torch.Tensor:
     """`frames` new latent frames [C, n] that follow the known `context` [C, k] (None: a fresh start).
 
     The window sampled is [context | new]; controls / control_mask [8, k + n] cover the whole window.
+    `continues`: the sound goes on after the new frames (Conditions.continues).
     """
     k = 0 if context is None else context.shape[1]
     known = mask = None
     if k:
         known = torch.cat([context.float(), context.new_zeros(context.shape[0], frames)], dim=1)
         mask = torch.cat([torch.ones(1, k), torch.zeros(1, frames)], dim=1)
-    window = Conditions(k + frames, controls, control_mask, known=known, known_mask=mask)
+    window = Conditions(k + frames, controls, control_mask, known=known, known_mask=mask, continues=continues)
     return sample_window(gen, prompts, s, window, rng, callback=callback)[:, k:]
 
 
@@ -284,13 +293,15 @@ def sample_long(
     control_mask: torch.Tensor | None = None,
     prefix: torch.Tensor | None = None,
     use_known: bool = True,
+    continues: bool = False,
     callback=None,
 ) -> torch.Tensor:
     """`frames` latent frames after `prefix` [C, P] (None: from nothing), longer than one window by chunked
     continuation: each window holds up to a third of known frames from before and new frames after.
 
     controls / control_mask [8, P + frames] cover the prefix and the new frames. `use_known=False`
-    samples each window without its context (the negative control for continuation).
+    samples each window without its context (the negative control for continuation). Every window but
+    the last is told the sound goes on (Conditions.continues); the last, only when `continues`.
     """
     window = window_frames(gen)
     most_context = max(1, int(window * CONTEXT_SHARE))
@@ -305,7 +316,10 @@ def sample_long(
         if controls is not None:
             window_controls = {"controls": controls[:, lo:hi], "control_mask": control_mask[:, lo:hi]}
         context = z[:, lo:] if k else None
-        new = continue_latent(gen, prompts, s, context, n, rng, callback=callback, **window_controls)
+        goes_on = continues or z.shape[1] + n < target
+        new = continue_latent(
+            gen, prompts, s, context, n, rng, continues=goes_on, callback=callback, **window_controls
+        )
         z = torch.cat([z, new], dim=1)
     return z[:, start:]
 

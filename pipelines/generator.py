@@ -137,6 +137,13 @@ class Generator:
         return float(self.dit.cfg.max_seconds)
 
     @property
+    def segment_frames(self) -> int:
+        """The length of the crops the DiT was trained on, in latent frames. A crop cut from a longer clip
+        was this long with `seconds` saying this length: that is how the model was shown a sound that goes
+        on past the window (pipelines.conditioned.Conditions.continues)."""
+        return int(self.config.get("segment_frames", 259))
+
+    @property
     def time_shift(self) -> float:
         """The sampling grid's shift toward high noise, as the model was trained (1: none)."""
         return float(self.config.get("time_shift", 1.0))

@@ -286,7 +286,8 @@ def _stream_chunks(
             n_new = max(1, min(n_new, -(-total // hop) - made))
         k = min(z.shape[1], context) if use_known else 0
         prompts = _weights(s.prompt, morph_to, a)
-        new = continue_latent(gen, prompts, s, z[:, z.shape[1] - k :] if k else None, n_new, rng)
+        context_z = z[:, z.shape[1] - k :] if k else None
+        new = continue_latent(gen, prompts, s, context_z, n_new, rng, continues=True)
         z = torch.cat([z, new], dim=1)
         made += n_new
 

@@ -163,7 +163,15 @@ def beats(
     frames = frames_for(gen, n) + (LOOP_TAIL_FRAMES if loop else 0)
     values, mask = control_tensors(grid_controls(gen, grid, frames), [g for g in GROUPS if g not in drop])
     z = sample_long(
-        gen, [(text, 1.0)], s, frames, rng_for(s.seed), controls=values, control_mask=mask, callback=callback
+        gen,
+        [(text, 1.0)],
+        s,
+        frames,
+        rng_for(s.seed),
+        controls=values,
+        control_mask=mask,
+        continues=loop,  # a loop runs on into its own start: it must not end in a release
+        callback=callback,
     )
     made = decode(gen, z, frames * gen.codec.cfg.latent_hop if loop else n)
     if loop and post:

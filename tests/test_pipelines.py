@@ -71,11 +71,25 @@ class Spy:
     """Wraps the generator's sampling DiT and records the keyword inputs of every call."""
 
     def __init__(self, dit):
-        self.dit, self.calls = dit, []
+        self.dit, self.calls, self.frames = dit, [], []
 
     def __call__(self, x, t, **kwargs):
         self.calls.append({k: v.detach().clone() if torch.is_tensor(v) else v for k, v in kwargs.items()})
+        self.frames.append(x.shape[-1])
         return self.dit(x, t, **kwargs)
+
+    def seconds_said(self) -> list[float]:
+        """The `seconds` condition of every call (one per sampling step of each window)."""
+        out = []
+        for call in self.calls:
+            said = {float(v) for v in call["seconds"]}
+            assert len(said) == 1, "every row of a call (CFG halves) is told the same length"
+            out.append(said.pop())
+        return out
+
+    def clear(self) -> None:
+        self.calls.clear()
+        self.frames.clear()
 
 
 @pytest.fixture
@@ -236,6 +250,40 @@ def test_beats_longer_than_the_window_continue_on_the_grid(gen, spy):
     windows = [c for c in spy.calls if "known_mask" in c]
     assert windows, "the second window continues from known frames"
     assert float(windows[0]["known_mask"].sum()) > 0
+
+
+def test_windows_of_a_sound_that_goes_on_say_so_in_their_seconds(gen, spy):
+    """A stream's windows, a loop's, and every window of a long continuation but the last are told the sound
+    goes on past them (seconds of at least a training crop); a sound of N seconds is told N."""
+    rate, crop = gen.codec.latent_rate, gen.segment_frames
+
+    def told(goes_on: bool) -> list:
+        return [
+            pytest.approx((max(frames, crop) if goes_on else frames) / rate, rel=1e-6)
+            for frames in spy.frames
+        ]
+
+    gen.generate("a drone", seconds=1.0, seed=1)
+    assert spy.seconds_said() == told(False)
+    spy.clear()
+    list(
+        stream(
+            gen, "a drone", seconds=1.0, seed=1, first_seconds=0.25, chunk_seconds=0.25, context_seconds=0.25
+        )
+    )
+    assert spy.frames and max(spy.frames) < crop  # short windows: "goes on" is a longer length than theirs
+    assert spy.seconds_said() == told(True)
+    spy.clear()
+    beats(gen, "a rock beat", bpm=60.0, bars=6, seed=7)  # 24 s: two windows of the tiny model's 20 s
+    said, steps = spy.seconds_said(), len(spy.frames) // 2
+    assert (
+        len(set(spy.frames)) == 2
+        and said[:steps] == told(True)[:steps]
+        and said[steps:] == told(False)[steps:]
+    )
+    spy.clear()
+    beats(gen, "a rock beat", bpm=120.0, bars=1, seed=7, loop=True)
+    assert spy.seconds_said() == told(True)
 
 
 def test_align_to_a_track_takes_its_tempo_and_downbeat(gen):
