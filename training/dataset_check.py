@@ -27,14 +27,17 @@ from pipelines.errors import BadInput
 from training.corpus import read_manifest
 
 SILENT_PEAK_DB = -60.0
-# Seconds per step at batch 8, 259 frames, DiT 256 x 8 blocks (mlp 3) on 2 cores (README: static 0.8 s;
-# stage-adaptive adds ~5%; ARC alternates a 1.6 s D step and a 1.2 s G step).
+# Seconds per step at batch 8, 259 frames, DiT 256 x 8 blocks (mlp 3) on 2 idle cores, from the bundled runs'
+# wall times (README): static 10,000 steps at batch 16 in 80 min and the quick fine-tune's 2000 at batch 16
+# in 767 s (0.48 and 0.38 s a step: ~0.22 at batch 8); ARC 2500 steps at batch 8 in 15.5 min (0.37);
+# stage-adaptive adds ~5% to static. (The first figures here, 0.8 and 1.4, came from an older, slower
+# trainer and told the quick fine-tune's users 53 minutes for a 13-minute run.)
 STEP_SECONDS = {
-    "static": 0.8,
-    "stage-adaptive": 0.85,
-    "random-threshold": 0.85,
-    "fixed-schedule": 0.85,
-    "arc": 1.4,
+    "static": 0.22,
+    "stage-adaptive": 0.23,
+    "random-threshold": 0.23,
+    "fixed-schedule": 0.23,
+    "arc": 0.37,
 }
 REFERENCE = {"batch_size": 8, "segment_frames": 259, "block_flops": 8 * (10 + 2 * 3.0) * 256**2}
 ENCODE_SECONDS_PER_AUDIO_SECOND = 0.14  # README: 3 h of corpus encoded in ~25 min (pyin dominates)
