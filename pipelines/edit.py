@@ -189,7 +189,7 @@ def repaint(
     z = gen.codec.encode(Audio(source.samples[:, lo * hop : hi * hop], source.sample_rate))[:, : hi - lo]
     mask = torch.ones(1, hi - lo)
     mask[:, first - lo : stop - lo] = 0.0
-    cond = Conditions(hi - lo, continues=hi < total)  # the source goes on after the window
+    cond = Conditions(hi - lo)
     if "known" not in drop:
         cond.known, cond.known_mask = z, mask
     painted = sample_window(gen, [(s.prompt, 1.0)], s, cond, rng_for(s.seed), callback=callback)
