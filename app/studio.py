@@ -62,6 +62,11 @@ from pipelines.generator import (  # noqa: E402
 
 MAX_TAKES = 4  # variations shown at once: one player each
 MAX_QUEUE = 24  # waiting generations beyond this are refused with "the queue is full"
+# Sessions (browser tabs, API clients) whose state the studio keeps; an older one starts afresh on its next
+# request. Gradio keeps 10,000 by default, each with its own copy of the whole page's config (~1 MB of this
+# studio's heap), so every new API client grew the server for good: 16 clients at a time took it from 631 to
+# 694 MiB over four rounds, and `bench load` never came back to its baseline (issue 8).
+SESSION_CAPACITY = 32
 MAX_UPLOAD = "200mb"
 MAX_HISTORY = 200  # rows kept per browser session
 FORMATS = (".wav", ".flac", ".mp3")  # the wav first: the players use it
@@ -817,6 +822,7 @@ def launch(
         ssr_mode=False,
         mcp_server=False,
         pwa=False,
+        state_session_capacity=SESSION_CAPACITY,
         app_kwargs={"middleware": [Middleware(_NoRemoteFiles)]},
     )
     if preload:

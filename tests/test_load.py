@@ -12,7 +12,8 @@ import pytest
 from test_generator import tiny_generator_bundle
 
 import app.cli as cli
-from app.bench_load import MARGIN_MIB, OVERFLOW, percentile, run_bench
+from app.bench_load import MARGIN_MIB, OVERFLOW, connect, percentile, run_bench
+from app.browser import free_port
 from app.studio import MAX_QUEUE
 
 
@@ -49,12 +50,34 @@ def test_sixteen_concurrent_requests_succeed_the_queue_holds_and_memory_returns(
     assert memory["peak_mib"] >= max(memory["baseline_mib"], memory["after_mib"])
     assert memory["margin_mib"] >= MARGIN_MIB
     if not memory["returned_to_baseline"]:
-        # Known defect (issue 8, open): on idle cores the studio keeps ~95 MiB over its baseline after the
-        # burst and the overflow (baseline 765, after 862 MiB, margin 77; MALLOC_ARENA_MAX=2 changes
-        # nothing); under load it came back within the margin. Everything above must still hold.
+        # Known defect (issue 8, open): on idle cores the studio keeps ~100 MiB over its baseline after the
+        # burst and the overflow (baseline 620, after 724 MiB, margin 64; MALLOC_ARENA_MAX=2 changes
+        # nothing). Gradio's per-session state was part of it and is bounded now (SESSION_CAPACITY, test
+        # above): over 160 clients the growth fell from +107 to +58 MiB, but not this first jump.
+        # Everything above must still hold.
         pytest.xfail(
             f"memory did not return to baseline: {memory['baseline_mib']} -> {memory['after_mib']} MiB"
         )
+
+
+@pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated")
+@pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")
+def test_the_studio_keeps_the_state_of_a_bounded_number_of_sessions(bundle, tmp_path):
+    """Every API client is a session, and Gradio keeps 10,000 by default, each with a copy of the page's config:
+    a studio used by many clients grew without bound. It keeps SESSION_CAPACITY; older ones start afresh."""
+    from app.studio import SESSION_CAPACITY, Studio, launch
+
+    port = free_port()
+    demo = launch(Studio(bundle, tmp_path / "outputs"), port=port, block=False, preload=False)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for i in range(SESSION_CAPACITY + 4):
+            result = connect(url).predict("a click", 0.25, 2, i, 1, api_name="/generate")
+            assert result[0] is not None
+        assert demo.state_holder.capacity == SESSION_CAPACITY
+        assert len(demo.state_holder.session_data) == SESSION_CAPACITY  # 36 sessions came, 32 are kept
+    finally:
+        demo.close()
 
 
 def test_percentiles_are_numpys_linear_interpolation():
