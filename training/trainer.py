@@ -523,7 +523,7 @@ def train(
     """
     processes = ProcessGroup(Layout.from_env())
     try:
-        return _train(
+        last = _train(
             processes,
             recipe_name,
             Path(data_dir),
@@ -536,6 +536,8 @@ def train(
             progress=progress,
             on_metrics=on_metrics,
         )
+        processes.settle()  # not after a failure: a process that died would leave the others waiting
+        return last
     finally:
         processes.close()
 
