@@ -80,7 +80,8 @@ class LiveRoom:
             gen = self.studio.generator()
             info: dict = {}
             with self.studio._run_lock:
-                audio = live.morph(
+                audio = self.studio.on_model_thread(
+                    live.morph,
                     gen,
                     prompt,
                     _second_prompt(morph_to),
