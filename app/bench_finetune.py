@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from app import train_worker as worker
 from pipelines.atomic_files import write_report
 from pipelines.errors import BadInput
 
@@ -68,13 +69,12 @@ def run_bench(
         print(f"2/4 {room.start(*settings)}", flush=True)
         clicked = time.time()
         job = room.running_job()
-        while job is not None and _alive(job):
-            print(f"    {room.status(job)[0]} {_step_text(room, job)}", flush=True)
+        while job is not None and worker.job_alive(job):
+            print(f"    {room.status(job)[0]} {_step_text(job)}", flush=True)
             time.sleep(30.0)
         wall = time.time() - clicked
         said = room.status(job)[0] if job is not None else "no run started"
-        run = _run_of(job)
-        checkpoints = room.checkpoints(run)
+        checkpoints = room.checkpoints(worker.active_run(job) if job is not None else None)
         if not checkpoints or "done" not in said:
             raise BadInput(f"The fine-tune did not finish ({said}); see {job}/worker.log.")
         step = checkpoints[-1][0]
@@ -192,21 +192,7 @@ def _headline(report: dict) -> dict:
     return {k: report["headline"].get(k) for k in HEADLINE}
 
 
-def _alive(job: Path) -> bool:
-    from app import train_worker as worker
-
-    return worker.job_alive(job)
-
-
-def _run_of(job: Path | None) -> Path | None:
-    from app import train_worker as worker
-
-    return worker.active_run(job) if job is not None else None
-
-
-def _step_text(room, job: Path) -> str:
-    from app import train_worker as worker
-
+def _step_text(job: Path) -> str:
     run = worker.active_run(job)
     status = worker.read_json(run / "status.json") if run else {}
     return f"step {status.get('step')}/{status.get('steps')}" if status.get("steps") else ""

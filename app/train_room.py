@@ -415,16 +415,17 @@ class TrainRoom:
         from training.corpus import read_manifest
 
         recorded = read_model_json(start_from).get("card", {}).get("data") or {}
-        corpus = find_corpus(recorded, (self.data_dir, *REPLAY_PLACES), Path(codec), besides=data)
-        if corpus is None:
+        found = find_corpus(recorded, (self.data_dir, *REPLAY_PLACES), Path(codec), besides=data)
+        if found is None:
             return {}, (
                 f"No copy of {start_from.name}'s training corpus with latents is on this machine, so this run "
                 "trains on your clips alone and the model may forget more of what it knew; `soundloom dataset "
                 f"build --out data/corpus --hours {recorded.get('hours', 3):g} --seed {recorded.get('seed', 0)}` "
                 "then `soundloom dataset encode data/corpus` makes one (about half an hour)."
             )
+        corpus, record = found
         own = max(1, len(read_manifest(data, split="train")))
-        theirs = int(corpus_record(corpus).get("counts", {}).get("split", {}).get("train", 0))
+        theirs = int(record["counts"]["split"]["train"])
         repeat = max(1, round(theirs * REPLAY_SHARE / (1 - REPLAY_SHARE) / own))
         return {"extra_data": [str(corpus)], "data_repeat": repeat}, (
             f"Replaying {start_from.name}'s corpus ({corpus}, {theirs} clips) beside your {own} train clips, "
@@ -910,17 +911,25 @@ def flow_model(active: Path, places: tuple[Path, ...]) -> tuple[Path, list[str]]
     ]
 
 
-def find_corpus(recorded: dict, places: tuple[Path, ...], codec: Path, besides: Path) -> Path | None:
+def find_corpus(
+    recorded: dict, places: tuple[Path, ...], codec: Path, besides: Path
+) -> tuple[Path, dict] | None:
     """A corpus folder in one of `places` built as `recorded` (a model card's data record) says, whose train
-    clips all have latents for `codec`, other than the dataset `besides`; None when there is none."""
+    clips all have latents for `codec`, other than the dataset `besides`, with its corpus.json record; None
+    when there is none."""
     from pipelines.bundle import bundle_hash
+    from training.codec_recipe import corpus_card
+    from training.corpus import CORPUS_INFO
 
     if not recorded or not (codec / "model.json").is_file():
         return None
     latents = bundle_hash(codec)[:16]
     for place in places:
-        for made in sorted(place.glob("*/corpus.json")) if place.is_dir() else []:
-            record = corpus_record(made.parent)
+        for made in sorted(place.glob(f"*/{CORPUS_INFO}")) if place.is_dir() else []:
+            try:
+                record = corpus_card(made.parent)
+            except ValueError:  # a corpus.json that is not JSON: not a corpus to replay
+                continue
             if (
                 made.parent.resolve() == besides.resolve()
                 or record.get("state") != "done"
@@ -930,16 +939,8 @@ def find_corpus(recorded: dict, places: tuple[Path, ...], codec: Path, besides: 
             train = int(record.get("counts", {}).get("split", {}).get("train", 0))
             cached = made.parent / "latents" / latents
             if train and cached.is_dir() and sum(1 for _ in cached.glob("*.safetensors")) >= train:
-                return made.parent
+                return made.parent, record
     return None
-
-
-def corpus_record(corpus: Path) -> dict:
-    """A corpus folder's corpus.json, the record of how it was built ({} when unreadable)."""
-    try:
-        return json.loads((corpus / "corpus.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def lora_available() -> bool:
