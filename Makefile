@@ -69,14 +69,16 @@ bundle-generator: setup
 	$(SL) train --recipe static --init $(BUNDLE_WORK)/generator-static --data $(BUNDLE_WORK)/corpus \
 		--out $(BUNDLE_WORK)/rhythm-run --config training/configs/rhythm.json \
 		--set 'recipe.extra_data=["$(BUNDLE_WORK)/notes"]' --resume
-	$(SL) bundle export --run $(BUNDLE_WORK)/rhythm-run --data $(BUNDLE_WORK)/corpus --out assets/generator-base
+	$(SL) bundle export --run $(BUNDLE_WORK)/rhythm-run --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/generator-base
+	# shipped as an int8 copy (half the bytes; it loads as float): ARC post-trains the fp16 export above
+	$(SL) bundle quantize $(BUNDLE_WORK)/generator-base --out assets/generator-base
 	$(SL) eval --model assets/generator-base --prompts assets/prompts/dev.jsonl --data $(BUNDLE_WORK)/corpus \
 		--json $(BUNDLE_WORK)/bench/generator-base-eval.json --update-card
 	$(SL) bench generate --model assets/generator-base --json $(BUNDLE_WORK)/bench/generate-base.json
 
 # ARC post-training of the base (issue 5): the 8-step ping-pong default in assets/generator.
 bundle-arc: setup
-	$(SL) train --recipe arc --init assets/generator-base --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/arc-run \
+	$(SL) train --recipe arc --init $(BUNDLE_WORK)/generator-base --data $(BUNDLE_WORK)/corpus --out $(BUNDLE_WORK)/arc-run \
 		--config training/configs/arc.json --set 'recipe.extra_data=["$(BUNDLE_WORK)/notes"]' --resume
 	$(SL) bundle export --run $(BUNDLE_WORK)/arc-run --data $(BUNDLE_WORK)/corpus --out assets/generator
 	$(SL) eval --model assets/generator --prompts assets/prompts/dev.jsonl --data $(BUNDLE_WORK)/corpus \

@@ -987,6 +987,20 @@ def _bundle_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle_quantize(args: argparse.Namespace) -> int:
+    source = _existing_dir(args.bundle, "bundle quantize")
+    out = _output_dir(args.out, "--out")
+    from pipelines.bundle import quantize_bundle
+
+    path, record = quantize_bundle(source, out)
+    size = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 1e6
+    print(
+        f"int8 bundle written to {path}: {size:.1f} MB of tensors, {record['int8_share']:.1%} of the values "
+        f"int8, largest relative change of a tensor {record['max_relative_error']:.4f}"
+    )
+    return 0
+
+
 def _bundle_pack_adapter(args: argparse.Namespace) -> int:
     adapter = _existing_dir(args.adapter, "bundle pack-adapter")
     out = _output_file(args.out, "--out")
@@ -1469,6 +1483,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run", required=True, metavar="RUN")
     q.add_argument("--data", required=True, metavar="DIR")
     q.add_argument("--out", required=True, metavar="DIR")
+    help = "write an int8 copy of a bundle (half the size; it loads as float, as the original does)"
+    q = actions.add_parser("quantize", help=help, description=help)
+    q.set_defaults(handler=_bundle_quantize)
+    q.add_argument("bundle", metavar="BUNDLE", help="the bundle folder to copy")
+    q.add_argument("--out", required=True, metavar="DIR", help="the folder to write the int8 bundle to")
     help = "write a LoRA adapter bundle as one file to share"
     q = actions.add_parser("pack-adapter", help=help, description=help)
     q.set_defaults(handler=_bundle_pack_adapter)

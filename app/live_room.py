@@ -179,7 +179,7 @@ class LiveRoom:
         def until_stopped():
             while not run.stop.is_set():
                 with _said_in_one_sentence(), self.studio._run_lock:
-                    piece = next(chunks, None)
+                    piece = self.studio.on_model_thread(next, chunks, None)
                 if piece is None:
                     return
                 yield piece

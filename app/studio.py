@@ -156,9 +156,9 @@ class Studio:
         self._generator: Generator | None = None
         self._load_lock = threading.Lock()
         self._run_lock = GenerationLock()  # the queue runs one generation at a time; direct calls too
-        # The Generate, pipeline and Live-preview generations run on this one thread (on_model_thread).
-        # Gradio hands each request to one of its many worker threads,
-        # and every thread that ran the model kept its own few MB of memory (malloc arenas, thread-local
+        # Every generation (Generate, pipelines, Live previews and streams, the Train tab's A/B) runs on this
+        # one thread (on_model_thread). Gradio hands each request to one of its many worker threads, and
+        # every thread that ran the model kept its own few MB of memory (malloc arenas, thread-local
         # buffers) for good: 16 generations on 16 threads left RSS +50 MiB, on one thread +0.5 (issue 8).
         self._model_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="soundloom-model")
         self.generation_guards = self._run_lock.guards  # held around each generation (the Train tab's pause)

@@ -791,7 +791,6 @@ class TrainRoom:
     def compare(self, name, step_a, step_b, prompt, seconds, seed, progress=gr.Progress()):
         """Checkpoint A/B: the same prompt and seed through two checkpoints; (player A, player B, note)."""
         from pipelines.audio import save_audio
-        from pipelines.generator import load_generator
 
         with _said_in_one_sentence():
             job = self._job(name)
@@ -804,7 +803,7 @@ class TrainRoom:
                 bundle = self._export(name, step, job / "ab" / f"step{_whole(step)}")
                 with self.studio._run_lock:  # one generation at a time, the run suspended meanwhile
                     progress((i, 2), desc=f"checkpoint {'AB'[i]}: generating")
-                    audio = load_generator(bundle).generate(prompt, seconds=seconds, seed=seed)
+                    audio = self.studio.on_model_thread(_generate_once, bundle, prompt, seconds, seed)
                 paths.append(
                     save_audio(audio, job / "ab" / f"step{_whole(step)}-seed{seed}-{_slug(prompt)}.wav")
                 )
@@ -887,11 +886,18 @@ def bundle_settings(bundle: Path) -> dict:
     }
 
 
+def _generate_once(bundle: Path, prompt, seconds, seed):
+    from pipelines.generator import load_generator
+
+    return load_generator(bundle).generate(prompt, seconds=seconds, seed=seed)
+
+
 def flow_model(active: Path, places: tuple[Path, ...]) -> tuple[Path, list[str]]:
     """The bundle a run starts from for the active model: itself, or for a few-step ARC model the flow model it
     was post-trained from (the recipes train a rectified flow, which an ARC model no longer is), found by the
-    hash its card records beside it, in `places` or in assets/; with a sentence saying so."""
-    from pipelines.bundle import bundles_in, hash_or_none, read_model_json
+    hash its card records (or an int8 copy of that bundle) beside it, in `places` or in assets/; with a sentence
+    saying so."""
+    from pipelines.bundle import bundles_in, read_model_json, same_model
 
     card = read_model_json(active).get("card", {})
     if card.get("recipe") != "arc":
@@ -899,7 +905,7 @@ def flow_model(active: Path, places: tuple[Path, ...]) -> tuple[Path, list[str]]
     base = card.get("base_model") or {}
     name, want = str(base.get("bundle") or "its base"), base.get("sha256")
     candidates = [active.parent / name] + [p for root in (active.parent, *places) for p in bundles_in(root)]
-    found = next((p for p in candidates if want and hash_or_none(p) == want), None)
+    found = next((p for p in candidates if same_model(p, want)), None)
     if found is None:
         raise BadInput(
             f"The active model {active.name} is a few-step ARC model; fine-tuning starts from the flow model it was "

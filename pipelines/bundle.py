@@ -6,6 +6,13 @@ Shared components (codec, text encoder, embedders) are referenced by hash, never
 checksum is verified on load and nothing is ever unpickled: safetensors and JSON only. A bundle
 folder holding a pickle file (.pt, .pth, .pkl, .pickle, .bin, .ckpt), a tensor file name that is a
 path or a pickle, or a file that is not safetensors under its checksum is refused.
+
+Weights are stored as fp16, or with `save_bundle(..., int8=True)` (`soundloom bundle quantize`) as int8 with
+one float32 scale per output row for every floating tensor of two or more dimensions and at least
+INT8_MIN_VALUES values (`<key>` int8 beside `<key>#int8_scale`; '#' never occurs in a state-dict key), the
+rest fp16. Loading dequantizes: the model computes in float as before, from half the bytes. A quantized
+bundle's card records the bundle hash it was made from (`weights.quantized_from`), so a model that names
+the full-precision bundle (an ARC model's `base_model`) still finds it (`same_model`).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ FORMAT_VERSION = 1
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")  # formats that unpickle on load
+INT8_SCALE = "#int8_scale"  # suffix of the per-row scale beside an int8-stored tensor
+INT8_MIN_VALUES = 4096  # smaller tensors (biases, norms, small tables) stay fp16
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -48,6 +57,15 @@ def bundle_hash(path: Path | str) -> str:
     meta = read_model_json(Path(path))
     canonical = json.dumps({k: meta.get(k) for k in HASHED_FIELDS}, sort_keys=True, separators=(",", ":"))
     return sha256_bytes(canonical.encode())
+
+
+def same_model(folder: Path, sha: str | None) -> bool:
+    """Whether the bundle in `folder` is the bundle hashed `sha`, or an int8 copy of it (`quantize_bundle`)."""
+    own = hash_or_none(folder)
+    if not sha or own is None:
+        return False
+    weights = read_model_json(folder).get("card", {}).get("weights") or {}
+    return sha in (own, weights.get("quantized_from") if isinstance(weights, dict) else None)
 
 
 def hash_or_none(folder: Path) -> str | None:
@@ -81,6 +99,45 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return tensor.contiguous().clone()  # clone: safetensors refuses tensors that share storage
 
 
+def _int8_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one float32 scale per output row (dim 0): (values, scales)."""
+    rows = tensor.detach().cpu().float().reshape(tensor.shape[0], -1)
+    scale = rows.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    values = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return values.reshape(tensor.shape).contiguous(), scale.contiguous()
+
+
+def _stored(group: dict[str, torch.Tensor], dtype: torch.dtype | None, int8: bool) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, t in group.items():
+        assert INT8_SCALE not in key, f"bad tensor key {key!r}"
+        if (
+            int8
+            and t.is_floating_point()
+            and t.ndim >= 2
+            and t.numel() >= INT8_MIN_VALUES
+            and t.isfinite().all()
+        ):
+            out[key], out[key + INT8_SCALE] = _int8_rows(t)
+        else:
+            out[key] = _cast(t, dtype)
+    return out
+
+
+def _dequantized(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float32 tensors from stored ones: int8 values times their row scales, floating ones as float32."""
+    out = {}
+    for key, t in tensors.items():
+        if key.endswith(INT8_SCALE):
+            continue
+        scale = tensors.get(key + INT8_SCALE)
+        if scale is not None and t.dtype == torch.int8 and scale.shape == t.shape[:1]:
+            out[key] = t.float() * scale.float().reshape(-1, *([1] * (t.ndim - 1)))
+        else:
+            out[key] = t.float() if t.is_floating_point() else t
+    return out
+
+
 def save_bundle(
     out_dir: Path | str,
     config: dict,
@@ -90,8 +147,10 @@ def save_bundle(
     *,
     kind: str = "model",
     card: dict | None = None,
+    int8: bool = False,
 ) -> Path:
-    """Write a bundle atomically (temp folder, then rename); floating tensors are stored as `dtype`."""
+    """Write a bundle atomically (temp folder, then rename); floating tensors are stored as `dtype`, or
+    with `int8` the large ones as int8 with per-row scales (module docstring)."""
     out_dir = Path(out_dir).resolve()
     for name in list(tensors) + list(components or {}):
         assert _NAME.match(name), f"bad bundle entry name {name!r}"
@@ -113,9 +172,7 @@ def save_bundle(
     tmp.mkdir()
     try:
         for name, group in tensors.items():
-            data = save_safetensors_bytes(
-                {k: _cast(t, dtype) for k, t in group.items()}, metadata={"format": "pt"}
-            )
+            data = save_safetensors_bytes(_stored(group, dtype, int8), metadata={"format": "pt"})
             (tmp / f"{name}.safetensors").write_bytes(data)
             meta["files"][name] = sha256_bytes(data)
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -151,7 +208,7 @@ class Bundle:
         return sorted(self.meta["files"])
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
-        """The tensors of `<name>.safetensors`, floating ones as float32, checksum verified again."""
+        """The tensors of `<name>.safetensors` as float32 (int8-stored ones dequantized), checksum verified again."""
         if name not in self.meta["files"]:
             raise BadInput(
                 f"The bundle {self.path} has no tensor file '{name}' (it has: {', '.join(self.files)})."
@@ -164,7 +221,7 @@ class Bundle:
                 f"{self.path / (name + '.safetensors')} is not a readable safetensors file; "
                 "re-export the bundle."
             ) from None
-        return {k: (t.float() if t.is_floating_point() else t) for k, t in tensors.items()}
+        return _dequantized(tensors)
 
     def load_into(self, name: str, module: torch.nn.Module) -> None:
         """Load `<name>.safetensors` into `module`: the same keys and shapes are required (BadInput if not)."""
@@ -290,3 +347,42 @@ def load_bundle(path: Path | str) -> Bundle:
     for name, sha in meta["files"].items():
         _read_verified(folder, name, sha)
     return Bundle(path=folder.resolve(), meta=meta)
+
+
+def quantize_bundle(source: Path | str, out: Path | str) -> tuple[Path, dict]:
+    """An int8 copy of a bundle (module docstring) at `out`: same kind, config, components and card, the card
+    saying how the weights are stored, what they were quantized from, and the largest relative change of a
+    tensor (norm of the error over norm of the tensor). Returns the folder and that record."""
+    src = load_bundle(source)
+    out = Path(out).resolve()
+    if out == src.path:
+        raise BadInput(
+            f"bundle quantize would overwrite {src.path} with its own copy; give another --out folder."
+        )
+    if (src.card.get("weights") or {}).get("storage", "").startswith("int8"):
+        raise BadInput(
+            f"The bundle {src.path} is already stored as int8; quantize its full-precision source."
+        )
+    groups = {name: src.tensors(name) for name in src.files}
+    worst, stored, total = 0.0, 0, 0
+    for group in groups.values():
+        back = _dequantized(_stored(group, torch.float16, True))
+        for key, t in group.items():
+            total += t.numel()
+            if t.dtype != back[key].dtype or not t.is_floating_point():
+                continue
+            if t.ndim >= 2 and t.numel() >= INT8_MIN_VALUES:
+                stored += t.numel()
+                worst = max(worst, float((back[key] - t).norm() / t.norm().clamp_min(1e-12)))
+    record = {
+        "storage": f"int8, one float32 scale per output row for tensors of >= {INT8_MIN_VALUES} values; "
+        "the rest fp16",
+        "quantized_from": bundle_hash(src.path),
+        "int8_share": round(stored / max(total, 1), 4),
+        "max_relative_error": round(worst, 5),
+    }
+    components = {name: src.component(name).path for name in src.meta.get("components", {})}
+    path = save_bundle(
+        out, src.config, groups, components, kind=src.kind, card={**src.card, "weights": record}, int8=True
+    )
+    return path, record

@@ -149,3 +149,54 @@ def test_card_updates_keep_the_hash_and_the_references(tmp_path):
     meta["config"]["latent"] = 32
     (codec / "model.json").write_text(json.dumps(meta))
     assert bundle_hash(codec) != before
+
+
+def test_int8_storage_halves_the_weights_and_loads_them_back_as_float(tmp_path):
+    from pipelines.bundle import INT8_SCALE, quantize_bundle, same_model
+
+    g = torch.Generator().manual_seed(1)
+    layer = torch.nn.Linear(96, 128)
+    torch.nn.init.normal_(layer.weight, std=0.05, generator=g)
+    layer.weight.data[3] *= 40  # one loud row: per-row scales keep the quiet rows precise
+    conv = torch.randn(64, 32, 3, generator=g)
+    tensors = {"dit": {**layer.state_dict(), "conv": conv, "norm": torch.rand(128, generator=g)}}
+    codec = save_bundle(tmp_path / "codec", {"latent": 8}, {"codec": {"w": torch.ones(2)}}, kind="codec")
+    full = save_bundle(
+        tmp_path / "full", {"x": 1}, tensors, {"codec": codec}, kind="generator", card={"steps": 9}
+    )
+
+    out, record = quantize_bundle(full, tmp_path / "int8")
+    assert (out / "dit.safetensors").stat().st_size < 0.6 * (full / "dit.safetensors").stat().st_size
+    b = load_bundle(out)
+    assert b.kind == "generator" and b.config == {"x": 1} and b.card["steps"] == 9
+    assert b.component("codec").path == codec.resolve()
+    back = b.tensors("dit")
+    assert set(back) == set(tensors["dit"]) and all(t.dtype == torch.float32 for t in back.values())
+    for key in ("weight", "conv"):
+        want = tensors["dit"][key].half().float()  # what the full bundle holds
+        assert not torch.equal(back[key], want)  # really stored otherwise ...
+        rows = want.reshape(want.shape[0], -1)
+        error = (back[key] - want).reshape(rows.shape).abs().amax(1)
+        assert (
+            error <= rows.abs().amax(1) / 254 * 1.0001
+        ).all()  # ... within half a step of each row's scale
+    assert torch.equal(back["bias"], tensors["dit"]["bias"].half().float())  # small tensors: fp16 as before
+    assert torch.equal(back["norm"], tensors["dit"]["norm"].half().float())
+    assert 0 < record["max_relative_error"] < 0.01 and record["int8_share"] > 0.9
+    stored = bundle_module.load_safetensors_bytes((out / "dit.safetensors").read_bytes())
+    assert stored["weight"].dtype == torch.int8 and stored["weight" + INT8_SCALE].shape == (128,)
+
+    module = torch.nn.Linear(96, 128)
+    module.register_buffer("conv", torch.zeros(64, 32, 3))
+    module.register_buffer("norm", torch.zeros(128))
+    b.load_into("dit", module)
+    assert torch.equal(module.weight.data, back["weight"])
+
+    # the copy still answers to the hash of what it was made from, and to its own; nothing else does
+    assert record["quantized_from"] == bundle_hash(full)
+    assert same_model(out, bundle_hash(full)) and same_model(out, bundle_hash(out))
+    assert not same_model(out, bundle_hash(codec)) and not same_model(full, bundle_hash(out))
+    with pytest.raises(BadInput, match="already stored as int8"):
+        quantize_bundle(out, tmp_path / "again")
+    with pytest.raises(BadInput, match="would overwrite"):
+        quantize_bundle(full, full)

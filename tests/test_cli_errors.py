@@ -173,6 +173,22 @@ def test_bundle_export_missing_run(capsys, tmp_path):
     assert "--run does not exist" in assert_one_line_error(code, err)
 
 
+def test_bundle_quantize(capsys, tmp_path):
+    import torch
+
+    from pipelines.bundle import save_bundle
+
+    code, _, err = run_main(capsys, "bundle", "quantize", tmp_path / "nope", "--out", tmp_path / "q")
+    assert "does not exist" in assert_one_line_error(code, err)
+    code, _, err = run_main(capsys, "bundle", "quantize", tmp_path, "--out", tmp_path / "q")
+    assert "model.json is missing" in assert_one_line_error(code, err) and not (tmp_path / "q").exists()
+    full = save_bundle(tmp_path / "full", {}, {"dit": {"w": torch.randn(64, 64), "b": torch.zeros(64)}})
+    code, out, err = run_main(capsys, "bundle", "quantize", full, "--out", tmp_path / "q")
+    assert code == 0 and "int8 bundle written to" in out and "98.5% of the values int8" in out, err
+    code, _, err = run_main(capsys, "bundle", "quantize", tmp_path / "q", "--out", tmp_path / "q2")
+    assert "already stored as int8" in assert_one_line_error(code, err)
+
+
 def test_bench_json_under_a_file_is_refused(capsys, tmp_path):
     (tmp_path / "file").write_text("x")
     code, _, err = run_main(capsys, "bench", "codec", "--json", tmp_path / "file" / "b.json")

@@ -31,7 +31,7 @@ from app.studio import Studio, build_app, launch
 from app.train_plots import PLOTS, overfitting_warning, plot_frame
 from app.train_room import COMPARISON, CUSTOM, QUICK, QUICK_STEPS, SOURCES, TrainRoom
 from app.zip_upload import ZipLimits, extract_zip
-from pipelines.bundle import bundle_hash, update_card
+from pipelines.bundle import bundle_hash, quantize_bundle, update_card
 from pipelines.errors import BadInput
 from training.corpus import read_manifest
 from training.dataset_check import check_dataset
@@ -330,7 +330,12 @@ def test_the_quick_fine_tune_starts_from_the_flow_model_and_replays_its_corpus(t
     flow_room = TrainRoom(Studio(base, tmp_path / "outputs"), tmp_path / "training", data_roots=[tmp_path])
     plan = flow_room.plan(*args)
     assert plan.init.resolve() == base.resolve() and not any("ARC" in n for n in plan.notes)
+    int8, _ = quantize_bundle(
+        base, models / "flow-int8"
+    )  # what assets/ ships: an int8 copy of the flow model
     shutil.rmtree(base)
+    assert room.plan(*args).init.resolve() == int8
+    shutil.rmtree(int8)
     assert "few-step ARC model; fine-tuning starts from the flow model it was made from (flow)" in refused(
         lambda: room.start(*args)
     )
