@@ -20,6 +20,8 @@ it through gradio_client, one client per simulated user:
    blocker ends before the flood is in (more than MAX_QUEUE taken), the phase runs again with a
    blocker twice as long.
 4. Settle: SETTLE_S seconds idle, then the server's RSS again.
+5. Repeat: the burst once more with other prompts, then settle: its growth over step 4's RSS is what
+   one more load keeps (a leak grows with every load; memory kept once does not grow again).
 
 Memory is the studio process's resident set size (RSS), sampled every SAMPLE_S: psutil when it is
 installed, else /proc/PID/status. On Linux the kernel's own peak (VmHWM) is reset after the baseline
@@ -476,6 +478,14 @@ def _measure(studio: Launched, root: Path, requests: int, seconds: float, steps,
             memory.mark("settle")
             time.sleep(settle_s)
             after = settled_rss(pid)
+
+            # the same burst again, other prompts: a leak grows with every load; a one-time growth (memory the
+            # first concurrent requests made the process keep for good) does not grow again
+            memory.mark("repeat")
+            calls = [_call(prompts[-1 - i], seconds, steps, 2000 + i) for i in range(requests)]
+            repeat = released_together(clients[:requests], calls)
+            time.sleep(settle_s)
+            after_repeat = settled_rss(pid)
         hwm = peak_rss_bytes(pid) if exact_peak else None
     finally:
         for client in clients:
@@ -488,7 +498,12 @@ def _measure(studio: Launched, root: Path, requests: int, seconds: float, steps,
         "settings": {"requests": requests, "seconds": seconds, "steps": steps, "max_queue": MAX_QUEUE},
         "burst": _burst_report(burst, burst_wall),
         "queue": _queue_report(info, outcomes, len(tries), fresh, alive),
-        "memory": _memory_report(memory, baseline, after_burst, after, hwm, settle_s),
+        "memory": {
+            **_memory_report(memory, baseline, after_burst, after, hwm, settle_s),
+            "repeat_succeeded": sum(o.status == "ok" for o in repeat),
+            "after_repeat_mib": round(after_repeat / MIB, 1) if after_repeat and after else None,
+            "repeat_growth_mib": round((after_repeat - after) / MIB, 1) if after_repeat and after else None,
+        },
     }
 
 
@@ -600,6 +615,7 @@ def print_table(report: dict) -> None:
         ("RSS after burst", mib(m["after_burst_mib"])),
         (f"RSS after {m['settle_s']:g} s idle", mib(m["after_mib"])),
         ("back to baseline", _yes(m["returned_to_baseline"]) + f" (margin {mib(m['margin_mib'])})"),
+        ("RSS after the burst again", f"{mib(m['after_repeat_mib'])} ({m['repeat_growth_mib']:+.0f} MiB)"),
         ("queue overflow sent", f"{q['sent']} at once behind a {q['blocker_s']:g} s request"),
         ("  taken, finished", str(q["taken_and_finished"])),
         ("  refused", f"{q['refused']} {q['refusal_messages']}"),

@@ -49,12 +49,16 @@ def test_sixteen_concurrent_requests_succeed_the_queue_holds_and_memory_returns(
     assert memory["baseline_mib"] > 100  # torch, gradio and the text encoder: the figures are real
     assert memory["peak_mib"] >= max(memory["baseline_mib"], memory["after_mib"])
     assert memory["margin_mib"] >= MARGIN_MIB
+    # no leak: the same burst again keeps (measured here) +3..+5 MiB more, against the first burst's +60
+    assert memory["repeat_succeeded"] == 16
+    assert memory["repeat_growth_mib"] <= 24, memory
     if not memory["returned_to_baseline"]:
         # Known defect (issue 8, open), now at the margin's edge: on idle cores the studio kept ~100 MiB over
         # its baseline after the burst and the overflow (620 -> 724 MiB, margin 64). Two causes are fixed:
         # Gradio's per-session state (SESSION_CAPACITY, test above) and the model running on many worker
         # threads, each keeping its own memory (Studio.on_model_thread). Since then: +60..+68 MiB, so this
-        # passes in some runs and not in others. Everything above must still hold.
+        # passes in some runs and not in others; a second burst adds only +3..+5 MiB, so the rest is kept once,
+        # not per request. Everything above must still hold.
         pytest.xfail(
             f"memory did not return to baseline: {memory['baseline_mib']} -> {memory['after_mib']} MiB"
         )
