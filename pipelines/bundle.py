@@ -366,14 +366,13 @@ def quantize_bundle(source: Path | str, out: Path | str) -> tuple[Path, dict]:
     groups = {name: src.tensors(name) for name in src.files}
     worst, stored, total = 0.0, 0, 0
     for group in groups.values():
-        back = _dequantized(_stored(group, torch.float16, True))
-        for key, t in group.items():
-            total += t.numel()
-            if t.dtype != back[key].dtype or not t.is_floating_point():
-                continue
-            if t.ndim >= 2 and t.numel() >= INT8_MIN_VALUES:
-                stored += t.numel()
-                worst = max(worst, float((back[key] - t).norm() / t.norm().clamp_min(1e-12)))
+        kept = _stored(group, torch.float16, True)
+        back = _dequantized(kept)
+        total += sum(t.numel() for t in group.values())
+        for key in (k.removesuffix(INT8_SCALE) for k in kept if k.endswith(INT8_SCALE)):
+            t = group[key]
+            stored += t.numel()
+            worst = max(worst, float((back[key] - t).norm() / t.norm().clamp_min(1e-12)))
     record = {
         "storage": f"int8, one float32 scale per output row for tensors of >= {INT8_MIN_VALUES} values; "
         "the rest fp16",
