@@ -106,7 +106,7 @@ def run_bench(
         report = {
             "folder": str(folder),
             "dataset": {"clips": _count(data), "held_out_prompts": len(held_out.read_text().splitlines())},
-        "samples": {"folder": folder_samples, "dev": samples if dev else None},
+            "samples": {"folder": folder_samples, "dev": samples if dev else None},
             "start_model": str(plan.init),
             "tuned_model": str(tuned),
             "notes": plan.notes,
