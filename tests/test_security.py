@@ -253,9 +253,19 @@ def small_cap(bundle, uploads, tmp_path_factory):
 )
 def test_uploads_over_the_cap_are_refused_and_leave_nothing(small_cap, case, files, chunked):
     before = uploaded_files(small_cap.uploads)
-    status, body = upload(small_cap.url, files, chunked=chunked)
-    assert status == 413 and b"maximum allowed size of 65536 bytes" in body, (case, status, body)
+    try:
+        status, body = upload(small_cap.url, files, chunked=chunked)
+    except urllib.error.URLError as e:
+        # The server answers 413 as soon as the cap is passed and closes the connection; a client still
+        # sending the rest may get a reset or a broken pipe before it reads that answer (the chunked case,
+        # in ~1 run of 5 here). The upload is cut off all the same.
+        assert isinstance(e.reason, ConnectionResetError | BrokenPipeError), (case, e)
+        status, body = None, None
     assert uploaded_files(small_cap.uploads) == before  # no part of a refused upload stays on disk
+    if status is None:
+        assert upload(small_cap.url, [("after.wav", b"a")])[0] == 200  # and the studio answers on
+    else:
+        assert status == 413 and b"maximum allowed size of 65536 bytes" in body, (case, status, body)
 
 
 def test_uploads_up_to_the_cap_are_taken(small_cap):
