@@ -184,6 +184,14 @@ def card_summary(entry: BundleEntry) -> str:
     if _is_number(dit.get("max_seconds")):
         sampling.append(f"up to {dit['max_seconds']:g} s")
     lines.append("- sampling defaults: " + ", ".join(s for s in sampling if s))
+    weights = card.get("weights") if isinstance(card.get("weights"), dict) else {}
+    if _text(weights.get("storage")):  # an int8 copy (`soundloom bundle quantize`); others are fp16
+        parts = [_text(weights["storage"])]
+        if _is_number(weights.get("max_relative_error")):
+            parts.append(f"largest change of a tensor {_number(weights['max_relative_error'])}")
+        if _text(weights.get("quantized_from")):
+            parts.append(f"a copy of bundle {_text(weights['quantized_from'])[:12]}")
+        lines.append("- weights: " + "; ".join(parts))
     figures = _figures(card.get("eval"))
     if figures:
         lines.append("- eval: " + "; ".join(f"{k} {_number(v)}" for k, v in figures))

@@ -374,7 +374,7 @@ def quantize_bundle(source: Path | str, out: Path | str) -> tuple[Path, dict]:
             stored += t.numel()
             worst = max(worst, float((back[key] - t).norm() / t.norm().clamp_min(1e-12)))
     record = {
-        "storage": f"int8, one float32 scale per output row for tensors of >= {INT8_MIN_VALUES} values; "
+        "storage": f"int8 with one float32 scale per output row (tensors of >= {INT8_MIN_VALUES} values), "
         "the rest fp16",
         "quantized_from": bundle_hash(src.path),
         "int8_share": round(stored / max(total, 1), 4),

@@ -27,7 +27,7 @@ from app.live_room import LiveRoom, machine_sentence
 from app.models_room import ModelsRoom
 from app.studio import MAX_TAKES, Studio, launch
 from pipelines import live
-from pipelines.bundle import bundle_hash, load_bundle, save_bundle
+from pipelines.bundle import bundle_hash, load_bundle, quantize_bundle, save_bundle
 from pipelines.errors import BadInput
 from pipelines.generator import load_generator
 
@@ -326,6 +326,12 @@ def test_models_tab_lists_generators_with_their_cards(shelf, bundle):
     garbled, _ = room.show(str(shelf["garbled"]))
     assert "**Cannot be used:**" in garbled and "is not valid JSON" in garbled
     assert "no figures recorded" in room.show(str(bundle.resolve()))[0]
+    assert "- weights:" not in summary  # fp16, as every bundle is unless quantized
+
+    copy, record = quantize_bundle(shelf["other"], shelf["other"].parent / "cello-int8")
+    summary = room.show(str(copy))[0]
+    assert f"- weights: {record['storage']}; largest change of a tensor" in summary, summary
+    assert f"a copy of bundle {bundle_hash(shelf['other'])[:12]}" in summary
 
 
 def test_switching_models_and_refusing_a_broken_bundle(shelf, bundle):
