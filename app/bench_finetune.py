@@ -11,8 +11,9 @@ through the tab's own handlers as a user would click them, timed, and measured b
 3. "use in studio" on the run's last checkpoint.
 4. Figures: `soundloom eval` of the start model and of the fine-tuned one on prompts made from the
    folder's held-out (test split) clips, their captions and lengths, FOLDER_SAMPLES generations each,
-   graded against those clips (judge FD to the folder, the target being a 30% cut); and, unless `dev=False`, on the public dev prompts
-   against the start model's corpus (the target: judge FD up by at most 10%).
+   graded against those clips (judge FD to the folder, the target being a 30% cut); and, unless
+   `dev=False`, on the public dev prompts against the start model's corpus (the target: judge FD up by
+   at most 10%).
 
 Everything goes in `outputs` (a temporary folder when None, removed afterwards).
 """
