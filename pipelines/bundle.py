@@ -7,7 +7,7 @@ checksum is verified on load and nothing is ever unpickled: safetensors and JSON
 folder holding a pickle file (.pt, .pth, .pkl, .pickle, .bin, .ckpt), a tensor file name that is a
 path or a pickle, or a file that is not safetensors under its checksum is refused.
 
-Weights are stored as fp16, or with `save_bundle(..., int8=True)` (`soundloom bundle quantize`) as int8 with
+Weights are stored as fp16, or by `quantize_bundle` (`soundloom bundle quantize`) as int8 with
 one float32 scale per output row for every floating tensor of two or more dimensions and at least
 INT8_MIN_VALUES values (`<key>` int8 beside `<key>#int8_scale`; '#' never occurs in a state-dict key), the
 rest fp16. Loading dequantizes: the model computes in float as before, from half the bytes. A quantized
@@ -108,9 +108,11 @@ def _int8_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _stored(group: dict[str, torch.Tensor], dtype: torch.dtype | None, int8: bool) -> dict[str, torch.Tensor]:
+    """The tensors as a bundle file holds them: floating ones as `dtype`, or with `int8` the large ones as int8
+    beside their row scales (module docstring)."""
     out = {}
     for key, t in group.items():
-        assert INT8_SCALE not in key, f"bad tensor key {key!r}"
+        assert not int8 or INT8_SCALE not in key, f"bad tensor key {key!r}"  # it would read as a scale
         if (
             int8
             and t.is_floating_point()
@@ -147,10 +149,9 @@ def save_bundle(
     *,
     kind: str = "model",
     card: dict | None = None,
-    int8: bool = False,
 ) -> Path:
-    """Write a bundle atomically (temp folder, then rename); floating tensors are stored as `dtype`, or
-    with `int8` the large ones as int8 with per-row scales (module docstring)."""
+    """Write a bundle atomically (temp folder, then rename); floating tensors are stored as `dtype` (None:
+    as they are)."""
     out_dir = Path(out_dir).resolve()
     for name in list(tensors) + list(components or {}):
         assert _NAME.match(name), f"bad bundle entry name {name!r}"
@@ -172,7 +173,7 @@ def save_bundle(
     tmp.mkdir()
     try:
         for name, group in tensors.items():
-            data = save_safetensors_bytes(_stored(group, dtype, int8), metadata={"format": "pt"})
+            data = save_safetensors_bytes(_stored(group, dtype, False), metadata={"format": "pt"})
             (tmp / f"{name}.safetensors").write_bytes(data)
             meta["files"][name] = sha256_bytes(data)
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -364,12 +365,12 @@ def quantize_bundle(source: Path | str, out: Path | str) -> tuple[Path, dict]:
             f"The bundle {src.path} is already stored as int8; quantize its full-precision source."
         )
     groups = {name: src.tensors(name) for name in src.files}
+    kept = {name: _stored(group, torch.float16, True) for name, group in groups.items()}
     worst, stored, total = 0.0, 0, 0
-    for group in groups.values():
-        kept = _stored(group, torch.float16, True)
-        back = _dequantized(kept)
+    for name, group in groups.items():
+        back = _dequantized(kept[name])
         total += sum(t.numel() for t in group.values())
-        for key in (k.removesuffix(INT8_SCALE) for k in kept if k.endswith(INT8_SCALE)):
+        for key in (k.removesuffix(INT8_SCALE) for k in kept[name] if k.endswith(INT8_SCALE)):
             t = group[key]
             stored += t.numel()
             worst = max(worst, float((back[key] - t).norm() / t.norm().clamp_min(1e-12)))
@@ -381,7 +382,6 @@ def quantize_bundle(source: Path | str, out: Path | str) -> tuple[Path, dict]:
         "max_relative_error": round(worst, 5),
     }
     components = {name: src.component(name).path for name in src.meta.get("components", {})}
-    path = save_bundle(
-        out, src.config, groups, components, kind=src.kind, card={**src.card, "weights": record}, int8=True
-    )
+    card = {**src.card, "weights": record}
+    path = save_bundle(out, src.config, kept, components, None, kind=src.kind, card=card)  # stored as made
     return path, record
