@@ -590,3 +590,18 @@ def test_bench_pipelines_on_the_tiny_bundle_gives_a_finite_report(bundle, gen, t
     assert length["final"] == 1.0 and length["pass"] is True
     table = capsys.readouterr().out
     assert "model-only" in table and "onset F vs source" in table
+
+
+def test_the_loudness_step_floors_silence_at_the_absolute_gate():
+    from training.bench_pipelines import SILENCE_DB, loudness_step_db
+
+    sr, w = 44100, 11025  # 250 ms each side
+    tone = np.sin(2 * np.pi * 440 * np.arange(w) / sr).astype(np.float32)
+    level = lambda db: tone * (10 ** (db / 20) * np.sqrt(2))  # noqa: E731  a sine at `db` dBFS RMS
+    seam = lambda a, b: np.stack([np.concatenate([a, b])] * 2)  # noqa: E731
+    assert loudness_step_db(seam(level(-20), level(-26)), w) == pytest.approx(6.0, abs=0.01)
+    assert loudness_step_db(seam(level(-20), level(-20)), w) == pytest.approx(0.0, abs=1e-6)
+    silence = np.zeros(w, np.float32)
+    # digital zeros are at the floor, not at log10(0): a step out of silence counts up to the sound's level
+    assert loudness_step_db(seam(silence, level(-30)), w) == pytest.approx(-30 - SILENCE_DB, abs=0.01)
+    assert loudness_step_db(seam(silence, level(-90)), w) == 0.0  # both below the gate: no step

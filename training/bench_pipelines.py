@@ -24,7 +24,8 @@ judge embedder's space (None without a judge: assets/judge or `judge=`). The sta
   - click statistic: the jump between two samples across a seam (the loop's wrap, an edit's
     boundary, a stream chunk's start), max over channels, divided by the 95th percentile of all the
     clip's sample-to-sample jumps: <= 1 passes ("no larger than the clip's typical jump");
-  - loudness continuity: RMS level of the 250 ms before a seam against the 250 ms after it;
+  - loudness continuity: RMS level of the 250 ms before a seam against the 250 ms after it, each
+    floored at -70 dBFS (silence on both sides is no step);
   - morph evenness: judge (and librosa-feature) distances between neighbouring alpha steps, their
     coefficient of variation.
 """
@@ -53,6 +54,7 @@ LEVEL_FLOOR_DB = -80.0
 SILENT_BELOW_PEAK_DB = 40.0
 QUIET_GAP_DB = -20.0
 SEAM_WINDOW_S = 0.25
+SILENCE_DB = -70.0  # the loudness-continuity floor: BS.1770's absolute gate (-70 LUFS), as dBFS RMS
 CONTROL_MARGIN = 0.1  # "loses clearly": the masked control is at least this much worse (where no target says)
 SPEECH = "Hello there. The quick brown fox jumps over the lazy dog, then rests."
 ESPEAK_VOICES = ("en-us", "en-gb+f3", "en-us+m3")
@@ -317,14 +319,18 @@ def click_ratio(x: np.ndarray, after: int, before: int | None = None) -> float:
 
 
 def loudness_step_db(x: np.ndarray, seam: int, sr: int = 44100) -> float:
-    """|RMS dB of the SEAM_WINDOW_S before `seam` - that of the SEAM_WINDOW_S after it|."""
+    """|RMS dB of the SEAM_WINDOW_S before `seam` - that of the SEAM_WINDOW_S after it|, each level floored at
+    SILENCE_DB: below it a window is silence. (Floored at -160 dB, the hum's phrase gap of digital zeros
+    before an extension at -44 dB read as a 116 dB step, which outweighed every other seam in the mean; a
+    step out of silence still counts, up to its sound's level over -70 dB.)"""
     w = round(SEAM_WINDOW_S * sr)
     before, after = x[:, max(0, seam - w) : seam], x[:, seam : seam + w]
     if before.size == 0 or after.size == 0:
         return float("nan")
 
     def db(v):
-        return 20 * math.log10(max(float(np.sqrt(np.mean(v.astype(np.float64) ** 2))), 1e-8))
+        rms = float(np.sqrt(np.mean(v.astype(np.float64) ** 2)))
+        return max(20 * math.log10(max(rms, 1e-12)), SILENCE_DB)
 
     return abs(db(before) - db(after))
 
@@ -773,8 +779,8 @@ def bench_live(gen, scale: Scale, judge) -> list[dict]:
         seams = np.cumsum([c.frames for c in chunks])[:-1]
         seam_fig[k] = max((click_ratio(x, int(s)) for s in seams), default=float("nan"))
         per_second = [
-            20 * math.log10(max(float(np.sqrt(np.mean(x[:, i : i + 44100] ** 2))), 1e-8))
-            for i in range(0, x.shape[1] - 44099, 44100)
+            max(20 * math.log10(max(float(np.sqrt(np.mean(x[:, i : i + 44100] ** 2))), 1e-12)), SILENCE_DB)
+            for i in range(0, x.shape[1] - 44099, 44100)  # floored as loudness_step_db is
         ]
         level_fig[k] = float(np.max(np.abs(np.diff(per_second)))) if len(per_second) > 1 else float("nan")
 
