@@ -982,7 +982,7 @@ def _bundle_export(args: argparse.Namespace) -> int:
     out = _output_dir(args.out, "--out")
     from training.trainer import export_run
 
-    path = export_run(run, out, data_dir=data)
+    path = export_run(run, out, data_dir=data, keep_change=args.keep_change)
     print(f"bundle written to {path or out}")
     return 0
 
@@ -1482,6 +1482,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=_bundle_export)
     q.add_argument("--run", required=True, metavar="RUN")
     q.add_argument("--data", required=True, metavar="DIR")
+    q.add_argument(
+        "--keep-change",
+        type=_float_in(0, 1, low_open=True),
+        metavar="K",
+        help="a full fine-tune from --init: keep this share of its change from the start weights (the run's "
+        "recipe.keep_change unless given; 1 keeps all of it)",
+    )
     q.add_argument("--out", required=True, metavar="DIR")
     help = "write an int8 copy of a bundle (half the size; it loads as float, as the original does)"
     q = actions.add_parser("quantize", help=help, description=help)

@@ -493,3 +493,102 @@ def test_lora_on_a_generator_without_rhythm_features_cannot_add_them(setup, tmp_
     with_rhythm = {**recipe_settings(setup["codec"]), "dit": {**DIT, "rhythm_harmonics": 3}}
     bundle = export_generator(with_rhythm, setup["data"], tmp_path / "rhythmic", seed=3)
     assert load_bundle(bundle).config["dit"]["rhythm_harmonics"] == 3
+
+
+# ---------------------------------------------------------------- a full fine-tune blended with its start
+
+
+def test_keep_change_exports_the_start_weights_plus_that_share_of_the_runs_change(setup, tmp_path):
+    from training.trainer import export_run, train
+
+    config = lora_config(tmp_path, setup["codec"], 6)
+    settings = json.loads(config.read_text())
+    settings["recipe"] = recipe_settings(setup["codec"], keep_change=0.25)  # every weight trains
+    config.write_text(json.dumps(settings))
+    checkpoint = train(
+        "static",
+        setup["data"],
+        tmp_path / "run",
+        config_path=config,
+        init_bundle=setup["base"],
+        progress=False,
+    )
+    out = export_run(tmp_path / "run", tmp_path / "blended")
+    bundle = load_bundle(out)
+    exported, start, run = (
+        bundle.tensors("dit"),
+        load_bundle(setup["base"]).tensors("dit"),
+        checkpoint_dit(checkpoint),
+    )
+    assert exported.keys() == run.keys()
+    moved = 0
+    for key, w in run.items():
+        if not w.is_floating_point():
+            continue
+        want = start[key].float() + 0.25 * (w.float() - start[key].float())
+        assert torch.allclose(exported[key].float(), want.half().float(), atol=1e-3, rtol=1e-3), key
+        moved += not torch.equal(w.half(), start[key].half())
+    assert moved > 10  # the run changed the weights, so the blend is not the start model again
+    assert bundle.card["blend"] == {
+        "keep_change": 0.25,
+        "start_sha256": bundle_hash(setup["base"]),
+        "tensors_blended": sum(v.is_floating_point() for v in run.values()),
+    }
+
+
+def test_keep_change_needs_init_a_full_fine_tune_and_a_share_in_0_1(setup, tmp_path):
+    from training.trainer import train
+
+    def attempt(name, init, **recipe):
+        config = lora_config(tmp_path, setup["codec"], 2)
+        settings = json.loads(config.read_text())
+        settings["recipe"] = recipe_settings(setup["codec"], **recipe)
+        config.write_text(json.dumps(settings))
+        with pytest.raises(BadInput) as caught:
+            train(
+                "static", setup["data"], tmp_path / name, config_path=config, init_bundle=init, progress=False
+            )
+        one_sentence(str(caught.value))
+        assert not (tmp_path / name).exists()
+        return str(caught.value)
+
+    assert "pass --init with that generator bundle" in attempt("no-init", None, keep_change=0.5)
+    assert "set keep_change 1 (or lora_rank 0)" in attempt(
+        "lora", setup["base"], keep_change=0.5, lora_rank=2
+    )
+    for bad in (0, 1.5, -0.2, True, "half"):
+        assert "keep_change must be a number above 0 and at most 1" in attempt(
+            "bad", setup["base"], keep_change=bad
+        )
+
+
+def test_a_blended_export_whose_start_model_changed_is_refused_in_one_sentence(setup, tmp_path, capsys):
+    import shutil
+
+    from training.trainer import export_run, train
+
+    start = shutil.copytree(setup["base"], tmp_path / "start")
+    config = lora_config(tmp_path, setup["codec"], 2)
+    settings = json.loads(config.read_text())
+    settings["recipe"] = recipe_settings(setup["codec"], keep_change=0.5)
+    config.write_text(json.dumps(settings))
+    train("static", setup["data"], tmp_path / "run", config_path=config, init_bundle=start, progress=False)
+    shutil.rmtree(start)
+    shutil.copytree(setup["other"], start)  # another generator where the start was
+    with pytest.raises(BadInput, match="is not the one this run started from") as caught:
+        export_run(tmp_path / "run", tmp_path / "out")
+    one_sentence(str(caught.value))
+    assert not (tmp_path / "out").exists()
+    shutil.rmtree(start)
+    with pytest.raises(BadInput, match="which is not there any more"):
+        export_run(tmp_path / "run", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # what the sentence offers works: the run's own weights, unblended
+    out = export_run(tmp_path / "run", tmp_path / "out", keep_change=1.0)
+    assert "blend" not in load_bundle(out).card
+    code, _, err = run_main(
+        capsys, "bundle", "export", "--run", tmp_path / "run", "--data", setup["data"], "--out", tmp_path / "cli",
+        "--keep-change", "0",
+    )  # fmt: skip
+    assert "--keep-change" in assert_one_line_error(code, err)
+    assert not (tmp_path / "cli").exists()

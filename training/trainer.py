@@ -990,14 +990,30 @@ def load_run_for_export(run_dir: Path | str, step: int | None = None) -> RunSnap
 
 
 def export_run(
-    run_dir: Path | str, out_dir: Path | str, *, data_dir: Path | str | None = None, step: int | None = None
+    run_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    data_dir: Path | str | None = None,
+    step: int | None = None,
+    keep_change: float | None = None,
 ) -> Path:
     """Write a bundle from the EMA weights of a run's newest good checkpoint (or that of `step`) through
-    its recipe's export()."""
+    its recipe's export(); `keep_change` replaces the run's recipe.keep_change (training/static_recipe.py)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     run = load_run_for_export(run_dir, step)
-    config = TrainConfig.from_dict(run.config, str(run.path / "state.json"))
-    recipe = build_recipe(run.recipe_name, config, Path(data_dir) if data_dir else run.data_dir)
+    settings = run.config
+    if keep_change is not None:
+        settings = {**settings, "recipe": {**(settings.get("recipe") or {}), "keep_change": keep_change}}
+    config = TrainConfig.from_dict(settings, str(run.path / "state.json"))
+    try:
+        recipe = build_recipe(run.recipe_name, config, Path(data_dir) if data_dir else run.data_dir)
+    except BadInput as e:
+        if keep_change is not None and "'keep_change'" in str(e):
+            raise BadInput(
+                f"--keep-change is for full fine-tunes of the flow recipes (static, stage-adaptive), not for a "
+                f"{run.recipe_name} run."
+            ) from None
+        raise
     if not hasattr(recipe, "export"):
         raise BadInput(f"The {run.recipe_name} recipe cannot export a bundle.")
     ema = ema_copies(recipe.modules())
