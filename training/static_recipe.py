@@ -601,7 +601,7 @@ class StaticRecipe:
                 "lora_rank above 0 trains LoRA adapters on an existing generator; pass --init with the "
                 "generator bundle to adapt, or set lora_rank 0 to train every weight."
             )
-        if self.config["keep_change"] < 1.0:
+        if self.config.get("keep_change", 1.0) < 1.0:
             return (
                 "keep_change below 1 blends the result with the generator it started from; pass --init with "
                 "that generator bundle, or set keep_change 1."
@@ -946,7 +946,7 @@ class StaticRecipe:
             )
             return
         state = {k: v.detach() for k, v in modules_ema["dit"].state_dict().items()}
-        if self.config["keep_change"] < 1.0:
+        if self.config.get("keep_change", 1.0) < 1.0:
             state, card["blend"] = self.blended_with_start(state, float(self.config["keep_change"]))
         save_bundle(
             Path(out_dir),
