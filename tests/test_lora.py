@@ -498,13 +498,18 @@ def test_lora_on_a_generator_without_rhythm_features_cannot_add_them(setup, tmp_
 # ---------------------------------------------------------------- a full fine-tune blended with its start
 
 
+def full_config(tmp: Path, codec: Path, steps: int, **recipe) -> Path:
+    """lora_config's run settings with a recipe that trains every weight (no adapters), plus `recipe`."""
+    path = lora_config(tmp, codec, steps)
+    settings = json.loads(path.read_text())
+    path.write_text(json.dumps({**settings, "recipe": recipe_settings(codec, **recipe)}))
+    return path
+
+
 def test_keep_change_exports_the_start_weights_plus_that_share_of_the_runs_change(setup, tmp_path):
     from training.trainer import export_run, train
 
-    config = lora_config(tmp_path, setup["codec"], 6)
-    settings = json.loads(config.read_text())
-    settings["recipe"] = recipe_settings(setup["codec"], keep_change=0.25)  # every weight trains
-    config.write_text(json.dumps(settings))
+    config = full_config(tmp_path, setup["codec"], 6, keep_change=0.25)
     checkpoint = train(
         "static",
         setup["data"],
@@ -540,10 +545,7 @@ def test_keep_change_needs_init_a_full_fine_tune_and_a_share_in_0_1(setup, tmp_p
     from training.trainer import train
 
     def attempt(name, init, **recipe):
-        config = lora_config(tmp_path, setup["codec"], 2)
-        settings = json.loads(config.read_text())
-        settings["recipe"] = recipe_settings(setup["codec"], **recipe)
-        config.write_text(json.dumps(settings))
+        config = full_config(tmp_path, setup["codec"], 2, **recipe)
         with pytest.raises(BadInput) as caught:
             train(
                 "static", setup["data"], tmp_path / name, config_path=config, init_bundle=init, progress=False
@@ -568,10 +570,7 @@ def test_a_blended_export_whose_start_model_changed_is_refused_in_one_sentence(s
     from training.trainer import export_run, train
 
     start = shutil.copytree(setup["base"], tmp_path / "start")
-    config = lora_config(tmp_path, setup["codec"], 2)
-    settings = json.loads(config.read_text())
-    settings["recipe"] = recipe_settings(setup["codec"], keep_change=0.5)
-    config.write_text(json.dumps(settings))
+    config = full_config(tmp_path, setup["codec"], 2, keep_change=0.5)
     train("static", setup["data"], tmp_path / "run", config_path=config, init_bundle=start, progress=False)
     shutil.rmtree(start)
     shutil.copytree(setup["other"], start)  # another generator where the start was
