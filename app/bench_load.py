@@ -38,13 +38,13 @@ rounds of 16 requests took RSS from 781 MiB to 798 after the first and 798-809 a
 bounded, not a leak. A leak grows with every request; ~45 requests at ~2 MiB each cross the margin.
 
 The baseline is taken with the session store full. Every gradio_client Client is a session of its own,
-and Gradio gives each session, on its first request, a copy of the whole page's config (~2 MiB of this
+and Gradio gives each session, on its first request, a copy of the whole page's config (~1 MiB of this
 studio's RSS); it keeps SESSION_CAPACITY of them (app/studio.py) and drops the oldest for a new one. A
 studio fresh from its start has none, and filling the store is a bounded one-time cost, not load (32
 sessions: +25 MiB on the bundled model, +30 on the tiny test bundle). Measured from a full store, the
-bench's ~30 new clients replace old sessions instead of adding to them, so what the burst and the overflow
-leave behind is theirs: +38 to +46 MiB, kept once (the same burst again: -4 to +1.4 MiB). The report keeps the empty-store RSS
-(`cold_mib`) and the store's cost (`session_store_mib`) beside it.
+bench's ~30 new clients replace old sessions instead of adding to them, so what the burst and the
+overflow leave behind is theirs: +38 to +46 MiB, kept once (the same burst again: -4 to +1.4 MiB). The
+report keeps the empty-store RSS (`cold_mib`) and the store's cost (`session_store_mib`) beside it.
 """
 
 from __future__ import annotations
