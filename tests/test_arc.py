@@ -725,6 +725,10 @@ def test_arc_exports_a_pingpong_bundle_the_generator_runs(setup, straight_run, t
     assert not np.allclose(gen.generate("a low tone", seconds=1.5, seed=4).samples, audio.samples)
     twins = gen.generate_variations("a low tone", variations=2, seconds=1.5, seed=3)
     np.testing.assert_allclose(twins[0].samples, audio.samples, atol=1e-4)  # variation i is seed + i alone
+    # an ARC model is not blended with its start (bundle export --keep-change): one sentence, nothing written
+    with pytest.raises(BadInput, match="not for runs of --recipe arc"):
+        export_run(straight_run, tmp_path / "blend", keep_change=0.5)
+    assert not (tmp_path / "blend").exists()
 
 
 def tiny_arc(setup: dict, **settings):

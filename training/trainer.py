@@ -1010,8 +1010,8 @@ def export_run(
     except BadInput as e:
         if keep_change is not None and "'keep_change'" in str(e):
             raise BadInput(
-                f"--keep-change is for full fine-tunes of the flow recipes (static, stage-adaptive), not for a "
-                f"{run.recipe_name} run."
+                f"--keep-change is for full fine-tunes of the flow recipes (static, stage-adaptive), not for runs "
+                f"of --recipe {run.recipe_name}."
             ) from None
         raise
     if not hasattr(recipe, "export"):
