@@ -591,3 +591,80 @@ def test_a_blended_export_whose_start_model_changed_is_refused_in_one_sentence(s
     )  # fmt: skip
     assert "--keep-change" in assert_one_line_error(code, err)
     assert not (tmp_path / "cli").exists()
+
+
+# ---------------------------------------------------------------- replay distillation (full fine-tune)
+
+
+def distill_recipe(setup, share: float):
+    """A static recipe from the base bundle whose extra_data replays the same tiny corpus, distilled by `share`."""
+    from training.static_recipe import StaticRecipe
+
+    config = recipe_settings(
+        setup["codec"], extra_data=[str(setup["data"])], distill_replay=share, p_known=0.0
+    )
+    recipe = StaticRecipe(config, setup["data"])
+    modules = recipe.modules()
+    recipe.init_from_bundle(load_bundle(setup["base"]), modules)
+    return recipe, modules["dit"]
+
+
+def test_distill_replay_teaches_the_replayed_clips_the_start_models_velocity(setup):
+    """At the start of a fine-tune the model is its --init: with distill_replay 1 the replayed rows' target is
+    that model's own velocity, so their loss is zero, while the user's rows keep the eps - x0 target."""
+    torch.manual_seed(0)
+    recipe, dit = distill_recipe(setup, 1.0)
+    dit.eval()  # no dropout: the student is exactly the teacher here
+    own = len(recipe.data) // 2  # --data's clips come first, the replayed copy after
+    assert not any(d.get("replay") for d in recipe.data[:own]) and all(d["replay"] for d in recipe.data[own:])
+    indices = [0, 1, own, own + 1]
+    t = torch.full((4,), 0.5)
+
+    def losses(share_recipe):
+        torch.manual_seed(1)  # the same crops, drops and noise for both recipes
+        batch = share_recipe.batch(indices)
+        with torch.no_grad():
+            return share_recipe.flow_loss(dit, batch, t), batch
+
+    distilled, batch = losses(recipe)
+    assert batch["replay"].tolist() == [False, False, True, True]
+    assert float(distilled[2:].max()) < 1e-6  # replayed rows: the teacher's own answer
+    assert float(distilled[:2].min()) > 1e-3  # the user's rows: the data's target, as before
+    plain, _ = losses(distill_recipe(setup, 0.0)[0])
+    assert torch.allclose(plain[:2], distilled[:2]) and float(plain[2:].min()) > 1e-3
+    half, _ = losses(distill_recipe(setup, 0.5)[0])
+    # a share s of the way: the target error scales by (1 - s), the squared error by (1 - s)^2
+    assert torch.allclose(half[2:], 0.25 * plain[2:], rtol=1e-3, atol=1e-7)
+
+
+def test_distill_replay_needs_init_replayed_data_and_a_share_in_0_1(setup, tmp_path):
+    from training.static_recipe import StaticRecipe
+    from training.trainer import train
+
+    for bad in (-0.1, 1.5, True, "all"):
+        with pytest.raises(BadInput, match="distill_replay must be a number from 0 to 1") as caught:
+            StaticRecipe(
+                recipe_settings(setup["codec"], extra_data=[str(setup["data"])], distill_replay=bad),
+                setup["data"],
+            )
+        one_sentence(str(caught.value))
+    with pytest.raises(BadInput, match="this run replays none") as caught:
+        StaticRecipe(recipe_settings(setup["codec"], distill_replay=1.0), setup["data"])
+    one_sentence(str(caught.value))
+    config = full_config(tmp_path, setup["codec"], 2, extra_data=[str(setup["data"])], distill_replay=1.0)
+    with pytest.raises(BadInput, match="pass --init with that generator bundle") as caught:
+        train("static", setup["data"], tmp_path / "no-init", config_path=config, progress=False)
+    one_sentence(str(caught.value))
+    assert not (tmp_path / "no-init").exists()
+    checkpoint = train(  # with --init it runs, and its loss is finite
+        "static",
+        setup["data"],
+        tmp_path / "run",
+        config_path=config,
+        init_bundle=setup["base"],
+        progress=False,
+    )
+    losses = [
+        json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert checkpoint.exists() and losses and all(np.isfinite(x) for x in losses if x is not None)

@@ -29,7 +29,7 @@ from app import train_worker as worker
 from app.browser import CHROMIUM, free_port, launch_chromium
 from app.studio import Studio, build_app, launch
 from app.train_plots import PLOTS, overfitting_warning, plot_frame
-from app.train_room import COMPARISON, CUSTOM, QUICK, QUICK_STEPS, SOURCES, TrainRoom
+from app.train_room import COMPARISON, CUSTOM, FULL, QUICK, QUICK_STEPS, REPLAY_DISTILL, SOURCES, TrainRoom
 from app.zip_upload import ZipLimits, extract_zip
 from pipelines.bundle import bundle_hash, quantize_bundle, update_card
 from pipelines.errors import BadInput
@@ -319,11 +319,17 @@ def test_the_quick_fine_tune_starts_from_the_flow_model_and_replays_its_corpus(t
     assert plan.init.resolve() == base.resolve()
     assert plan.config["recipe"]["extra_data"] == [str(replay)]
     assert plan.config["recipe"]["data_repeat"] == theirs  # my clip fills half the batches
+    assert plan.config["recipe"]["distill_replay"] == REPLAY_DISTILL > 0
+    assert f"learn from {base.name}'s own predictions" in plan.notes[1]
+    arc_plan = room.plan("mine", QUICK, "arc", FULL, 8, True, 10, 1, "")  # ARC has no flow target to distil
+    assert arc_plan.config["recipe"]["extra_data"] == [str(replay)]
+    assert "distill_replay" not in arc_plan.config["recipe"] and "predictions" not in arc_plan.notes[1]
     assert "few-step ARC model" in plan.notes[0] and plan.notes[1].startswith("Replaying flow's corpus")
 
     (replay / "corpus.json").write_text(json.dumps({**built, "seed": 8, "state": "done"}))  # built otherwise
     plan = room.plan(*args)
-    assert "extra_data" not in plan.config["recipe"] and "No copy of flow's training corpus" in plan.notes[1]
+    assert "extra_data" not in plan.config["recipe"] and "distill_replay" not in plan.config["recipe"]
+    assert "No copy of flow's training corpus" in plan.notes[1]
     custom = room.plan("mine", CUSTOM, "static", "LoRA adapters", 8, True, 10, 1, "")
     assert custom.init.resolve() == base.resolve() and len(custom.notes) == 1  # only the quick preset replays
 
