@@ -388,10 +388,10 @@ class TrainRoom:
             notes += said
             config = _merge(config, {"recipe": bundle_settings(start_from)})
             if preset == QUICK:
-                replay, said = self.replay(start_from, data, config["recipe"]["codec"])
-                if recipe == "arc":  # ARC learns from its discriminator, not flow targets: nothing to distil
-                    replay.pop("distill_replay", None)
-                    said = said.split("; the replayed clips learn")[0] + "."
+                # ARC learns from its discriminator, not from flow targets: nothing to distil
+                replay, said = self.replay(
+                    start_from, data, config["recipe"]["codec"], distill=recipe != "arc"
+                )
                 config = _merge(config, {"recipe": replay})
                 notes.append(said)
         if adaptation == LORA:
@@ -414,9 +414,10 @@ class TrainRoom:
         )  # a bad trainer setting is said before anything starts
         return Plan("train", recipe, data, config=config, init=start_from, steps=steps, notes=notes)
 
-    def replay(self, start_from: Path, data: Path, codec: str) -> tuple[dict, str]:
+    def replay(self, start_from: Path, data: Path, codec: str, *, distill: bool = True) -> tuple[dict, str]:
         """The recipe settings that replay the start model's corpus beside `data` (none when no copy with latents
-        for its codec is here), and a sentence for the user saying which."""
+        for its codec is here), distilled from the start model when `distill`, and a sentence for the user
+        saying which."""
         from pipelines.bundle import read_model_json
         from training.corpus import read_manifest
 
@@ -433,11 +434,17 @@ class TrainRoom:
         own = max(1, len(read_manifest(data, split="train")))
         theirs = int(record["counts"]["split"]["train"])
         repeat = max(1, round(theirs * REPLAY_SHARE / (1 - REPLAY_SHARE) / own))
-        replay = {"extra_data": [str(corpus)], "data_repeat": repeat, "distill_replay": REPLAY_DISTILL}
-        return replay, (
+        replay = {"extra_data": [str(corpus)], "data_repeat": repeat}
+        said = (
             f"Replaying {start_from.name}'s corpus ({corpus}, {theirs} clips) beside your {own} train clips, "
-            f"which are counted {repeat} times so they fill about half of each batch; the replayed clips "
-            f"learn from {start_from.name}'s own predictions, so it keeps what it knew."
+            f"which are counted {repeat} times so they fill about half of each batch"
+        )
+        if not distill:
+            return replay, said + "."
+        replay["distill_replay"] = REPLAY_DISTILL
+        return (
+            replay,
+            f"{said}; the replayed clips learn from {start_from.name}'s own predictions, so it keeps what it knew.",
         )
 
     def studio_model(self) -> Path:

@@ -309,6 +309,7 @@ class StaticRecipe:
         # the --init generator (state_dict): a card's base_model, and what an adapter bundle is recorded against
         self.base: dict | None = None
         self.base_path: str | None = None
+        self._start_dit: DiT | None = None  # distill_replay's teacher, loaded on first use
         weights = torch.ones(self.codec.channels)
         weights[self.codec.channels - self.codec.cfg.measured_dim :] = float(cfg["measured_weight"])
         self.channel_weight = weights
@@ -810,7 +811,7 @@ class StaticRecipe:
 
     def start_dit(self, device) -> DiT:
         """The --init bundle's DiT, frozen (distill_replay's teacher), loaded once."""
-        if getattr(self, "_start_dit", None) is None:
+        if self._start_dit is None:
             from pipelines.bundle import load_bundle
 
             if not self.base_path:
