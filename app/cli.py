@@ -1070,7 +1070,10 @@ def _export_parent() -> argparse.ArgumentParser:
 def _inference_parent() -> argparse.ArgumentParser:
     """How the generator's DiT runs (pipelines/inference.py checks the values; an absent device is refused)."""
     parent = _Parser(add_help=False)
-    g = parent.add_argument_group("inference (how the generator runs; default: bf16 on the CPU)")
+    g = parent.add_argument_group(
+        "inference (how the generator runs; default: bf16 where the CPU multiplies it natively, AMX or "
+        "AVX512-BF16, else float32; SOUNDLOOM_BF16=1 or 0 overrides)"
+    )
     g.add_argument("--no-bf16", action="store_true", help="run the DiT and the codec in float32")
     g.add_argument(
         "--int8",

@@ -45,7 +45,7 @@ def checks(assets: Path = ASSETS_DIR) -> list[tuple[str, str]]:
     add("python", lambda: f"{platform.python_version()} ({sys.executable})")
     add("torch", _torch)
     add("device", _device)
-    add("AMX", _amx)
+    add("native bf16", _native_bf16)
     add("libsndfile", _libsndfile)
     add("TimGM6mb.sf2", lambda: found(_timgm(), "comes with pretty-midi; run make setup"))
     add(
@@ -109,12 +109,18 @@ def _device() -> str:
     return ", ".join(found)
 
 
-def _amx() -> str:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown (no /proc/cpuinfo)"
-    return "yes (bf16 matmuls run fastest)" if "amx_bf16" in flags or "amx_tile" in flags else "no"
+def _native_bf16() -> str:
+    from pipelines.inference import BF16_CPU_FLAGS, cpu_flags, native_bf16
+
+    flags = cpu_flags()
+    native = [f for f in BF16_CPU_FLAGS if f in flags]
+    if not flags:
+        found = "unknown (no /proc/cpuinfo flags)"
+    else:
+        found = (
+            f"yes ({', '.join(native)})" if native else "no native bf16 (neither amx_bf16 nor avx512_bf16)"
+        )
+    return f"{found}; the generator computes in {'bf16' if native_bf16() else 'float32'}"
 
 
 def _libsndfile() -> str:

@@ -390,10 +390,13 @@ def pad_to_hop(wav: torch.Tensor, hop: int) -> torch.Tensor:
 class Codec:
     """Inference wrapper: Audio in, normalised latent [C, T] out, and back."""
 
-    def __init__(self, model: CodecModel, *, bf16: bool = True, bundle_path: Path | None = None):
+    def __init__(self, model: CodecModel, *, bf16: bool | None = None, bundle_path: Path | None = None):
+        """bf16 None: bf16 where this CPU multiplies it natively (pipelines.inference.native_bf16)."""
+        from pipelines.inference import native_bf16
+
         self.model = model.eval()
         self.cfg = model.cfg
-        self.bf16 = bf16
+        self.bf16 = bf16 = native_bf16("cpu") if bf16 is None else bf16
         self.bundle_path = bundle_path
         # A bf16 copy of the decoder: AMX matmuls without autocast re-casting the weights on every call.
         # The head stays float32: it emits phase angles, which bf16 would quantise (0.25 rad steps past 32).
@@ -451,7 +454,7 @@ def default_codec_path() -> Path:
     return Path(__file__).resolve().parent.parent / "assets" / "codec"
 
 
-def load_codec(path: str | Path | None = None, *, bf16: bool = True) -> Codec:
+def load_codec(path: str | Path | None = None, *, bf16: bool | None = None) -> Codec:
     """The codec of a bundle folder (a codec bundle, or a model bundle whose `codec` component is one)."""
     from pipelines.bundle import load_bundle
 

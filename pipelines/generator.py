@@ -106,7 +106,7 @@ class Generator:
         text_encoder: TextEncoder,
         config: dict,
         *,
-        bf16: bool = True,
+        bf16: bool | None = None,
         int8: bool = False,
         compile: bool = False,
         threads: int | None = None,
@@ -121,7 +121,7 @@ class Generator:
         self.codec = codec
         self.text_encoder = text_encoder
         self.config = config
-        self.bf16 = bf16
+        self.bf16 = self.options.bf16  # decided: None became native_bf16(device)
         self.bundle_path = bundle_path
         self.bundle_hash = bundle_hash
         self.base_path = base_path  # a LoRA adapter's base generator (bundle_path is then the adapter)
@@ -405,7 +405,7 @@ def _is_number(value) -> bool:
 def load_generator(
     bundle: str | Path | None = None,
     *,
-    bf16: bool = True,
+    bf16: bool | None = None,
     base: str | Path | None = None,
     int8: bool = False,
     compile: bool = False,

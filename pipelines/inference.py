@@ -1,9 +1,13 @@
 """How the generator's DiT runs at inference: precision (bf16, int8), torch.compile, threads and device.
 
-    load_generator(bundle, bf16=True, int8=False, compile=False, threads=None, device="cpu")
+    load_generator(bundle, bf16=None, int8=False, compile=False, threads=None, device="cpu")
 
-- bf16 (default): the DiT is sampled from a bf16 copy (about 30% faster than autocast on CPU, which casts
-  the weights again at every call); the control skip's lines stay float32. The codec decodes in bf16 too.
+- bf16: the DiT is sampled from a bf16 copy (about 30% faster than autocast on CPU, which casts the weights
+  again at every call); the control skip's lines stay float32. The codec decodes in bf16 too. None (the
+  default) means bf16 where the device multiplies bf16 natively (`native_bf16`), else float32: on a CPU
+  with AMX, bf16 matmuls ran ~5x faster than float32, but on one with AVX2 only (an AMD EPYC here) they
+  ran ~6x slower (10 against 62-75 GFLOP/s at the DiT's shapes), and 12 s took 2.4 s in bf16 against
+  0.59 s in float32.
 - int8: the DiT blocks' attention and MLP linear layers (nearly all of its matmul work) are dynamically
   quantised to int8 (torch.ao: int8 weights, activations quantised per call). Those kernels take float32
   input only, so an int8 DiT runs in float32 around its int8 matmuls whatever bf16 says (bf16 still sets
@@ -22,9 +26,10 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -33,21 +38,55 @@ from pipelines.errors import BadInput
 
 DEVICES = ("cpu", "cuda", "mps")
 INT8_LAYERS = ("attn.qkv", "attn.proj", "mlp.0", "mlp.2")  # per DiT block: where its matmul time goes
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of x86 CPUs that multiply bf16 natively
+BF16_ENV = "SOUNDLOOM_BF16"  # "1" or "0" overrides native_bf16 (a CPU it misjudges; tests)
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether `device` multiplies bf16 natively, so bf16 is the fast precision there: a CPU with AMX or
+    AVX512-BF16 (its flags), a CUDA GPU that supports bf16; not MPS, and not a CPU that lacks the flags or
+    whose flags cannot be read, where bf16 is emulated and slower than float32. A flag, not a timing, so
+    the choice (and with it a seed's exact output) does not change with the machine's load.
+    SOUNDLOOM_BF16=1 or 0 overrides it."""
+    forced = os.environ.get(BF16_ENV, "").strip().lower()
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    if forced in ("0", "false", "no", "off"):
+        return False
+    if device == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device == "mps":
+        return False
+    return bool(cpu_flags() & set(BF16_CPU_FLAGS))
 
 
 @dataclass(frozen=True)
 class InferenceOptions:
     """The generator's inference options (see the module docstring); `check()` refuses bad ones."""
 
-    bf16: bool = True
+    bf16: bool | None = None  # None: native_bf16(device)
     int8: bool = False
     compile: bool = False
     threads: int | None = None
     device: str = "cpu"
 
     def check(self) -> InferenceOptions:
+        """These options checked, with bf16 decided (None -> native_bf16(device)); BadInput for bad ones."""
         for name in ("bf16", "int8", "compile"):
-            if not isinstance(getattr(self, name), bool):
+            if not isinstance(getattr(self, name), bool) and not (name == "bf16" and self.bf16 is None):
                 raise BadInput(
                     f"The inference option {name} must be True or False, not {getattr(self, name)!r}."
                 )
@@ -70,12 +109,12 @@ class InferenceOptions:
                 f"int8 runs on the CPU only (dynamic quantisation has no {self.device} kernels); drop --int8 "
                 "or use --device cpu."
             )
-        return self
+        return self if self.bf16 is not None else replace(self, bf16=native_bf16(self.device))
 
     @property
     def changed(self) -> dict:
-        """The options that differ from the defaults (what a report needs to say)."""
-        default = InferenceOptions()
+        """The options that differ from the defaults on this machine (what a report needs to say)."""
+        default = replace(InferenceOptions(), bf16=native_bf16(self.device))
         return {k: v for k, v in asdict(self).items() if v != getattr(default, k)}
 
     @property

@@ -330,7 +330,15 @@ def test_help_exits_0(capsys, argv):
 def test_doctor(capsys):
     code, out, _ = run_main(capsys, "doctor")
     assert code == 0
-    for item in ("python:", "torch:", "AMX:", "TimGM6mb.sf2:", "FluidR3_GM.sf2:", "espeak-ng:", "free disk:"):
+    for item in (
+        "python:",
+        "torch:",
+        "native bf16:",
+        "TimGM6mb.sf2:",
+        "FluidR3_GM.sf2:",
+        "espeak-ng:",
+        "free disk:",
+    ):
         assert item in out
 
 

@@ -15,6 +15,7 @@ import app.cli as cli
 from pipelines.audio import Audio
 from pipelines.bundle import save_bundle
 from pipelines.errors import BadInput
+from pipelines.inference import native_bf16
 from training import eval_metrics as em
 from training import evaluate as ev
 
@@ -470,7 +471,8 @@ def test_eval_overrides_the_sampler_guidance_and_inference_options(
     assert code == 0, err
     assert fake.sampling == [{"steps": None}] * 5
     config = json.loads(out.read_text())["config"]
-    assert (config["sampler"], config["guidance"], config["inference"]) == ("euler", 3.0, "bf16")
+    precision = "bf16" if native_bf16() else "fp32"
+    assert (config["sampler"], config["guidance"], config["inference"]) == ("euler", 3.0, precision)
 
 
 @pytest.mark.parametrize(

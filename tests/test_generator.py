@@ -22,6 +22,7 @@ from pipelines.codec import CodecConfig, CodecModel
 from pipelines.dit import DiT, DiTConfig
 from pipelines.errors import BadInput
 from pipelines.generator import Generator, load_generator, read_settings, settings_path
+from pipelines.inference import native_bf16
 from pipelines.text_encoder import DEFAULT_NAME
 
 SR = 44100
@@ -405,7 +406,7 @@ def test_bench_generate_on_a_tiny_run(bundle, tmp_path, capsys):
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["median"] == report["median"] and len(saved["runs"]) == 3
     assert len({r["prompt"] for r in saved["runs"]}) == 3
-    assert saved["config"]["steps"] == 4 and saved["config"]["bf16"] is True
+    assert saved["config"]["steps"] == 4 and saved["config"]["bf16"] is native_bf16()
     assert saved["machine"]["torch_threads"] == torch.get_num_threads()
     assert saved["median"]["total_s"] > 0 and saved["median"]["dit_step_ms"] > 0
     assert saved["target"]["result"] == "n/a"  # 0.5 s at 4 steps is not the target's setting

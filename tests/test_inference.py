@@ -15,7 +15,7 @@ from test_generator import PROMPT, tiny_generator_bundle
 import app.cli as cli
 from pipelines.errors import BadInput
 from pipelines.generator import load_generator
-from pipelines.inference import InferenceOptions
+from pipelines.inference import BF16_ENV, InferenceOptions, cpu_flags, native_bf16
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
 def test_int8_quantises_the_block_linears_and_stays_close_to_float32(bundle):
     fp32 = load_generator(bundle, bf16=False)
     assert fp32._sampling_dit is fp32.dit  # nothing to change: the DiT itself samples
-    int8 = load_generator(bundle, int8=True)
-    assert int8.options.label == "int8" and int8.bf16  # bf16 still sets the codec; the DiT runs float32
+    int8 = load_generator(bundle, int8=True, bf16=True)
+    assert int8.options.label == "int8" and int8.codec.bf16  # bf16 still sets the codec; the DiT runs float32
     from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
 
     quantised = {n for n, m in int8._sampling_dit.named_modules() if isinstance(m, Int8Linear)}
@@ -51,7 +51,7 @@ def test_int8_quantises_the_block_linears_and_stays_close_to_float32(bundle):
     assert np.isfinite(a).all() and np.array_equal(a, int8.generate(PROMPT, seconds=1.0, seed=4).samples)
     assert not np.array_equal(a, reference)  # it did change the arithmetic ...
     assert snr_db(reference, a) > 20  # ... by rounding, not by breaking the model
-    bf16 = load_generator(bundle).generate(PROMPT, seconds=1.0, seed=4).samples
+    bf16 = load_generator(bundle, bf16=True).generate(PROMPT, seconds=1.0, seed=4).samples
     assert snr_db(reference, bf16) > 20
 
 
@@ -59,7 +59,8 @@ def test_threads_set_torchs_thread_count(bundle, keep_threads):
     target = 1 if keep_threads != 1 else 2
     gen = load_generator(bundle, threads=target)
     assert torch.get_num_threads() == target and gen.options.threads == target
-    assert gen.options.label == f"bf16+{target} thread" + "s" * (target != 1)
+    precision = "bf16" if native_bf16() else "fp32"
+    assert gen.options.label == f"{precision}+{target} thread" + "s" * (target != 1)
     assert np.isfinite(gen.generate(PROMPT, seconds=0.5, seed=1).samples).all()
 
 
@@ -88,7 +89,30 @@ def test_an_absent_device_is_refused_and_int8_is_cpu_only(bundle, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(BadInput, match="int8 runs on the CPU only"):
         InferenceOptions(int8=True, device="cuda").check()
-    assert InferenceOptions(device="cpu").check().label == "bf16"
+    assert InferenceOptions(device="cpu").check().label == ("bf16" if native_bf16() else "fp32")
+
+
+@pytest.mark.parametrize("forced, expected", [("1", True), ("0", False), ("off", False), ("yes", True)])
+def test_the_default_precision_follows_the_cpu_and_the_override(bundle, monkeypatch, forced, expected):
+    monkeypatch.setenv(BF16_ENV, forced)
+    options = InferenceOptions().check()
+    assert options.bf16 is expected and options.changed == {}  # the decided default is no change
+    gen = load_generator(bundle)
+    assert gen.bf16 is expected and gen.codec.bf16 is expected
+    dtype = gen._sampling_dit.x_embedder.weight.dtype
+    assert dtype == (torch.bfloat16 if expected else torch.float32)
+    assert InferenceOptions(bf16=not expected).check().changed == {"bf16": not expected}
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.delenv(BF16_ENV, raising=False)
+    flags = cpu_flags()
+    assert native_bf16("cpu") == bool({"amx_bf16", "avx512_bf16"} & flags)
+    assert native_bf16("mps") is False
+    for found, expected in ((frozenset({"avx2", "fma"}), False), (frozenset({"avx2", "avx512_bf16"}), True),
+                            (frozenset({"amx_bf16", "amx_tile"}), True), (frozenset(), False)):  # fmt: skip
+        monkeypatch.setattr("pipelines.inference.cpu_flags", lambda found=found: found)
+        assert native_bf16("cpu") is expected
 
 
 def test_compile_falls_back_uncompiled_with_one_warning(bundle, monkeypatch):
@@ -183,7 +207,8 @@ def test_bench_generate_options_refusals(capsys, tmp_path):
 def test_bench_options_times_every_option_on_the_same_prompts(bundle, tmp_path, capsys, keep_threads):
     from training.bench_generate import run_options_bench
 
-    variants = {"default": {}, "int8": {"int8": True}, "fp32": {"bf16": False}, "1 thread": {"threads": 1}}
+    other = {"fp32": {"bf16": False}} if native_bf16() else {"bf16": {"bf16": True}}  # not the default
+    variants = {"default": {}, "int8": {"int8": True}, **other, "1 thread": {"threads": 1}}
     report = run_options_bench(
         bundle, tmp_path / "options.json", prompts=3, seconds=0.5, warmup=1, variants=variants
     )
@@ -200,6 +225,8 @@ def test_bench_options_times_every_option_on_the_same_prompts(bundle, tmp_path, 
     assert rows["default"]["snr_db_vs_default"] is None and rows["default"]["speedup_total"] == 1.0
     assert rows["1 thread"]["snr_db_vs_default"] is None or rows["1 thread"]["snr_db_vs_default"] > 40
     assert 20 < rows["int8"]["snr_db_vs_default"] < 200 and rows["int8"]["label"] == "int8"
+    (name,) = other  # a different precision: close, not the same
+    assert 20 < rows[name]["snr_db_vs_default"] < 200 and rows[name]["label"] == name
     assert all(row["median"]["total_s"] > 0 and row["first_call_s"] > 0 for row in rows.values())
     assert all(row["compile_failed"] is None for row in rows.values())
     out = capsys.readouterr().out

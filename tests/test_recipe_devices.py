@@ -33,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from pipelines.bundle import save_bundle
 from pipelines.codec import CodecConfig, CodecModel
 from pipelines.controls import CONTROL_NAMES
+from pipelines.inference import BF16_ENV
 from training.latent_cache import encode_corpus
 
 SR = 44100
@@ -238,10 +239,19 @@ def run_config(tmp: Path, name: str, recipe: dict) -> Path:
 @pytest.fixture(scope="module")
 def runs(setup) -> dict[str, Path]:
     """Tiny runs of static, then ARC from static's exported bundle, then stage-adaptive, on the CPU."""
-    from training.trainer import export_run, train
 
     root = setup["root"]
     out = {}
+    with pytest.MonkeyPatch.context() as patch:
+        # the bundled configs' bf16 autocast is what these runs check, also on a CPU without native bf16
+        patch.setenv(BF16_ENV, "1")
+        _train_all(setup, root, out)
+    return out
+
+
+def _train_all(setup, root: Path, out: dict) -> None:
+    from training.trainer import export_run, train
+
     config = run_config(root, "static", static_settings(setup))
     train("static", setup["data"], root / "static", config_path=config, progress=False)
     out["static"] = root / "static"
@@ -252,7 +262,6 @@ def runs(setup) -> dict[str, Path]:
     config = run_config(root, "stage-adaptive", stage_adaptive_settings(setup))
     train("stage-adaptive", setup["data"], root / "sa", config_path=config, progress=False)
     out["stage-adaptive"] = root / "sa"
-    return out
 
 
 def run_digest(run: Path) -> str:

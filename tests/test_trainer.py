@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from pipelines.bundle import load_bundle
 from pipelines.errors import BadInput
+from pipelines.inference import BF16_ENV
 from training.checkpoint import flatten_optimizer, read_checkpoint, unflatten_optimizer
 from training.trainer import (
     RunFolder,
@@ -366,6 +367,27 @@ def test_metrics_status_previews_and_keep_last(tmp_path):
         train("toy", tmp_path, run, config_path=config, progress=False)
     with pytest.raises(BadInput, match="was trained with the toy recipe"):
         train("codec", tmp_path, run, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("native, precision", [("1", "bf16 autocast"), ("0", "float32")])
+def test_bf16_autocast_only_where_the_cpu_multiplies_bf16(tmp_path, monkeypatch, capsys, native, precision):
+    from training import toy_recipe
+
+    monkeypatch.setenv(BF16_ENV, native)
+    seen = []
+    real_loss = toy_recipe.ToyRecipe.loss
+
+    def loss(self, step, indices, modules):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real_loss(self, step, indices, modules)
+
+    monkeypatch.setattr(toy_recipe.ToyRecipe, "loss", loss)
+    config = write_config(tmp_path, steps=2, autocast_bf16=True)
+    train("toy", tmp_path, tmp_path / "run", config_path=config, progress=True)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == precision
+    assert seen == [native == "1"] * 2
+    said = "no native bf16 matmul" in capsys.readouterr().err
+    assert said is (native == "0")
 
 
 def test_export_then_init_from_the_bundle(tmp_path):

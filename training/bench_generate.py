@@ -9,8 +9,8 @@ The target (issue: generation speed) is 12 s of audio at 50 Euler steps with cla
 in at most 3 s on 2 CPU cores; the verdict is printed only for runs with those settings.
 
 `run_options_bench` (`soundloom bench generate --options`) measures each inference option of
-pipelines/inference.py against the default in one run: fp32, int8, torch.compile, one thread and all
-threads (and cuda or mps where present). Every option gets its own generator, warmed up alone; then the
+pipelines/inference.py against the default in one run: the other precision (fp32 or bf16), int8,
+torch.compile, one thread and all threads (and cuda or mps where present). Every option gets its own generator, warmed up alone; then the
 same prompts and seeds go through every option in turn, the order rotated per prompt so a machine that
 slows down or speeds up during the run does not favour one option. Besides the time it reports how far
 each option's audio is from the default's (SNR in dB, same prompt and seed): a speed figure only, the
@@ -173,7 +173,10 @@ def machine_record() -> dict:
 def option_variants() -> dict[str, dict]:
     """The options `bench generate --options` compares: name -> load_generator keywords ("default": none)."""
     threads, cpus = torch.get_num_threads(), os.cpu_count() or 1
-    variants = {"default": {}, "fp32": {"bf16": False}, "int8": {"int8": True}, "compile": {"compile": True}}
+    from pipelines.inference import native_bf16
+
+    other = {"fp32": {"bf16": False}} if native_bf16() else {"bf16": {"bf16": True}}  # the other precision
+    variants = {"default": {}, **other, "int8": {"int8": True}, "compile": {"compile": True}}
     if threads != 1:
         variants["1 thread"] = {"threads": 1}
     if cpus != threads:
@@ -324,8 +327,9 @@ def run_compare_bench(
     """`bench generate --compare`: --model against another generator bundle in one run, each at its own
     bundle's steps, sampler and guidance. Per model: the cold start (load_generator plus the first
     generation, before any warm-up), medians over the same prompts and seeds (the models alternate per
-    prompt), and the DiT's FLOPs per generation against this machine's bf16 matmul rate (the compute floor
-    of the sampling loop). Also the process's peak resident memory, once, for both models together.
+    prompt), and the DiT's FLOPs per generation against this machine's matmul rate in the precision the
+    generators compute in (bf16 or float32: the compute floor of the sampling loop). Also the process's
+    peak resident memory, once, for both models together.
     Returns (and with json_out, writes under "compare") the report and prints a table."""
     from pipelines.generator import load_generator
 
@@ -363,7 +367,7 @@ def run_compare_bench(
             rows.append({"model": role, "prompt": prompt, **{k: round(v, 5) for k, v in gen.timings.items()}})
         print(f"  {i + 1:>2}/{len(measured)} {prompt}", flush=True)
 
-    matmul = matmul_flops_per_s()
+    matmul = matmul_flops_per_s(dtype=torch.bfloat16 if gens["model"].bf16 else torch.float32)
     models = {}
     for role, gen in gens.items():
         own = [r for r in rows if r["model"] == role]
@@ -453,17 +457,17 @@ def count_dit_flops(gen, prompt: str, seconds: float) -> dict:
     }
 
 
-def matmul_flops_per_s(size: int = 2048, reps: int = 5) -> dict:
-    """This machine's bf16 matmul rate: a size x size matmul, the fastest of `reps` after one warm-up."""
-    a = torch.randn(size, size).to(torch.bfloat16)
-    b = torch.randn(size, size).to(torch.bfloat16)
+def matmul_flops_per_s(size: int = 2048, reps: int = 5, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """This machine's matmul rate in `dtype`: a size x size matmul, the fastest of `reps` after one warm-up."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t0)
-    return {"size": size, "dtype": "bfloat16", "reps": reps, "best_s": round(best, 6),
+    return {"size": size, "dtype": str(dtype).removeprefix("torch."), "reps": reps, "best_s": round(best, 6),
             "flops_per_s": 2 * size**3 / best}  # fmt: skip
 
 

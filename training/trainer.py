@@ -56,6 +56,7 @@ from tqdm import tqdm
 from pipelines.atomic_files import write_atomic
 from pipelines.bundle import Bundle, load_bundle
 from pipelines.errors import BadInput
+from pipelines.inference import native_bf16
 from training.checkpoint import (
     FILES,
     latest_good_checkpoint,
@@ -84,7 +85,11 @@ __all__ = [
     "batch_indices",
 ]
 
-RUN_RECORD_KEYS = ("recipe_name", "data_dir")  # written into a run's config.json beside the settings
+RUN_RECORD_KEYS = (
+    "recipe_name",
+    "data_dir",
+    "precision",
+)  # written into a run's config.json beside the settings
 DEVICES = ("cpu", "cuda", "mps")
 
 
@@ -109,6 +114,8 @@ class TrainConfig:
     seed: int = 0
     keep_checkpoints: int = 3
     threads: int | None = None  # torch.set_num_threads when set
+    # bf16 autocast where the device multiplies bf16 natively (pipelines.inference.native_bf16: AMX or
+    # AVX512-BF16, a bf16 CUDA GPU); elsewhere the run computes in float32, says so, and records it
     autocast_bf16: bool = False
     device: str = "cpu"  # "cpu", "cuda" (a process's LOCAL_RANK-th GPU) or "mps", where the recipe can
     recipe: dict = field(default_factory=dict)  # handed to the recipe's factory
@@ -599,6 +606,13 @@ def _train(
     device = training_device(config.device, processes.layout)
     if config.threads:
         torch.set_num_threads(config.threads)
+    bf16 = config.autocast_bf16 and native_bf16(device.type)
+    if config.autocast_bf16 and not bf16 and progress and run.writer:
+        print(
+            f"{recipe_name}: this {device.type} has no native bf16 matmul (AMX or AVX512-BF16), where bf16 "
+            f"runs several times slower than float32, so autocast_bf16 is off for this run (float32).",
+            file=sys.stderr,
+        )
 
     recipe = build_recipe(recipe_name, config, data_dir)
     if device.type not in getattr(recipe, "devices", ("cpu",)):
@@ -650,7 +664,13 @@ def _train(
     run.keep_metrics_until(start)
     run.clear_control()
     run.write_json(
-        "config.json", {"recipe_name": recipe_name, "data_dir": str(data_dir.resolve()), **config.to_dict()}
+        "config.json",
+        {
+            "recipe_name": recipe_name,
+            "data_dir": str(data_dir.resolve()),
+            "precision": "bf16 autocast" if bf16 else "float32",
+            **config.to_dict(),
+        },
     )
 
     t0, paused_s, last_status = time.monotonic(), 0.0, 0.0
@@ -794,7 +814,7 @@ def _train(
                 for p in frozen:
                     p.requires_grad_(False)
                 try:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         loss, info = recipe.loss(step, indices, modules)
                     loss_value = processes.mean(float(loss.detach().float()))  # every process judges the same
                     if not math.isfinite(loss_value):
