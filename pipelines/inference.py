@@ -6,8 +6,8 @@
   again at every call); the control skip's lines stay float32. The codec decodes in bf16 too. None (the
   default) means bf16 where the device multiplies bf16 natively (`native_bf16`), else float32: on a CPU
   with AMX, bf16 matmuls ran ~5x faster than float32, but on one with AVX2 only (an AMD EPYC here) they
-  ran ~6x slower (10 against 62-75 GFLOP/s at the DiT's shapes), and 12 s took 2.4 s in bf16 against
-  0.59 s in float32.
+  ran ~6x slower (10 against 62-75 GFLOP/s at the DiT's shapes), and 12 s took 3.0 s in bf16 against
+  0.74 s in float32 (`soundloom bench generate --options`, README).
 - int8: the DiT blocks' attention and MLP linear layers (nearly all of its matmul work) are dynamically
   quantised to int8 (torch.ao: int8 weights, activations quantised per call). Those kernels take float32
   input only, so an int8 DiT runs in float32 around its int8 matmuls whatever bf16 says (bf16 still sets

@@ -85,11 +85,8 @@ __all__ = [
     "batch_indices",
 ]
 
-RUN_RECORD_KEYS = (
-    "recipe_name",
-    "data_dir",
-    "precision",
-)  # written into a run's config.json beside the settings
+# written into a run's config.json beside the settings
+RUN_RECORD_KEYS = ("recipe_name", "data_dir", "precision")
 DEVICES = ("cpu", "cuda", "mps")
 
 
