@@ -54,8 +54,9 @@ RECIPE_LABELS = {
 FULL, LORA = "full fine-tune", "LoRA adapters"
 QUICK, COMPARISON, CUSTOM = "quick fine-tune on my sounds", "reproduce the paper's comparison", "custom"
 # The quick fine-tune: the static recipe from the active model (every weight), its corpus replayed beside the
-# user's clips, sized for <= 20 minutes on 2 cores at the bundled DiT (~0.38 s a step at batch 16; 13.5 min
-# from Start to the run's end, encoding, previews and checkpoints included). Measured (`soundloom bench
+# user's clips, sized for <= 20 minutes on 2 cores with AMX at the bundled DiT (~0.38 s a step at batch 16;
+# 13.5 min from Start to the run's end, encoding, previews and checkpoints included; on a CPU without native
+# bf16, float32 steps take ~2.8x as long: training/dataset_check.py). Measured (`soundloom bench
 # finetune`, README): on a drum kit, full weights beat LoRA rank 8 (kit judge FD -26% against -18%; dev set
 # +9.8% and +8.7%).
 QUICK_STEPS = 2000

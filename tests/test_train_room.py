@@ -228,6 +228,30 @@ def test_an_uploaded_zip_becomes_a_dataset_and_a_bad_one_is_refused(studio, tmp_
     )
 
 
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_the_estimate_uses_the_step_time_of_the_precision_the_run_computes_in(monkeypatch, native):
+    from pipelines.inference import BF16_ENV
+    from training.dataset_check import STEP_SECONDS, STEP_SECONDS_FLOAT32, estimate_run
+
+    monkeypatch.setenv(BF16_ENV, native)
+    dit = {"dim": 256, "depth": 8, "mlp_ratio": 3.0}
+    config = {
+        "batch_size": 8,
+        "steps": 100,
+        "autocast_bf16": True,
+        "recipe": {"dit": dit, "segment_frames": 259},
+    }
+    table = STEP_SECONDS if native == "1" else STEP_SECONDS_FLOAT32
+    for recipe in ("static", "arc"):
+        estimate = estimate_run(recipe, config, uncached_seconds=0.0, clips=10)
+        assert estimate.seconds_per_step == pytest.approx(table[recipe])  # the reference run's own size
+        assert estimate.train_s == pytest.approx(100 * table[recipe])
+    doubled = estimate_run("static", {**config, "batch_size": 16}, uncached_seconds=0.0, clips=10)
+    assert doubled.seconds_per_step == pytest.approx(2 * table["static"])
+    fp32 = estimate_run("static", {**config, "autocast_bf16": False}, uncached_seconds=0.0, clips=10)
+    assert fp32.seconds_per_step == pytest.approx(STEP_SECONDS_FLOAT32["static"])  # float32 asked for
+
+
 def test_dataset_check_flags_duplicates_silent_and_broken_clips(studio, tmp_path):
     room = TrainRoom(studio, tmp_path / "training", data_roots=[tmp_path])
     data = room.data_dir / "mixed"

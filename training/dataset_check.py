@@ -8,7 +8,8 @@
     sound saved twice counts whatever the file's container or name).
 `estimate_run(...)` turns a training config into an estimated wall time (latent encoding of the clips not
 cached yet, then the steps) and disk use (latent cache, checkpoints, previews). The time per step is a
-measured figure at the bundled sizes on this project's 2-core machine (STEP_SECONDS), scaled by the run's
+measured figure at the bundled sizes on one of this project's 2-core machines, the one computing in the
+precision the run will (STEP_SECONDS with native bf16, STEP_SECONDS_FLOAT32 without), scaled by the run's
 batch, segment and DiT compute; it is an estimate, said as one.
 """
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from pipelines.audio import load_audio, peak_db
 from pipelines.errors import BadInput
+from pipelines.inference import native_bf16
 from training.corpus import read_manifest
 
 SILENT_PEAK_DB = -60.0
@@ -38,6 +40,18 @@ STEP_SECONDS = {
     "random-threshold": 0.23,
     "fixed-schedule": 0.23,
     "arc": 0.37,
+}
+# The same on a 2-core AMD EPYC with AVX2 only (no native bf16, so the trainer computes in float32),
+# measured on 2026-12-07 with `soundloom train --config training/configs/rhythm.json` (static) and
+# `configs/arc.json`, from assets/generator-base, at batch 8 on a drum kit's clips: static 0.62 s a step
+# (2.8x the AMX machine's), ARC 1.44 (3.9x); the stage-adaptive family scaled from static as above. With
+# bf16 autocast forced there a static step took 12.6 s.
+STEP_SECONDS_FLOAT32 = {
+    "static": 0.62,
+    "stage-adaptive": 0.65,
+    "random-threshold": 0.65,
+    "fixed-schedule": 0.65,
+    "arc": 1.44,
 }
 REFERENCE = {"batch_size": 8, "segment_frames": 259, "block_flops": 8 * (10 + 2 * 3.0) * 256**2}
 ENCODE_SECONDS_PER_AUDIO_SECOND = 0.14  # README: 3 h of corpus encoded in ~25 min (pyin dominates)
@@ -188,7 +202,9 @@ def estimate_run(recipe: str, config: dict, *, uncached_seconds: float, clips: i
         * block_flops
         / REFERENCE["block_flops"]
     )
-    per_step = STEP_SECONDS.get(recipe, STEP_SECONDS["static"]) * max(scale, 0.02)
+    bf16 = bool(config.get("autocast_bf16", False)) and native_bf16(str(config.get("device", "cpu")))
+    table = STEP_SECONDS if bf16 else STEP_SECONDS_FLOAT32
+    per_step = table.get(recipe, table["static"]) * max(scale, 0.02)
     steps = int(config.get("steps", 0))
     parameters = dit_parameters(dit)
     if recipe == "arc":
