@@ -35,6 +35,7 @@ from pipelines.codec import (
 )
 from pipelines.errors import BadInput
 from pipelines.harmonic import hann_lobe
+from pipelines.inference import native_bf16
 from training.recipes import model_settings, recipe_settings
 from training.spectral import reconstruction_loss
 
@@ -45,7 +46,7 @@ DEFAULTS = {
     "reg_weight": 0.05,
     "mel_weight": 1.0,
     "gain_db": 6.0,  # random gain range, +/-
-    "bf16": True,  # autocast the encoder/decoder trunks (the losses stay float32)
+    "bf16": True,  # autocast the encoder/decoder trunks (the losses stay float32) where bf16 is native
     "phase_weight": 1.0,  # instantaneous-frequency + group-delay losses against the true mid/side STFT
     # log-amplitude L1 of each harmonic partial against the true mid STFT at h * f0 on voiced frames; without
     # it the partials grew so slowly from near-silence that tones came back ~10 LU quiet (step 2004)
@@ -144,6 +145,8 @@ class CodecRecipe:
             )
         self.data_dir = Path(data_dir)
         self._pool: AudioPool | None = None
+        # only where this CPU multiplies bf16 natively: elsewhere bf16 is emulated, many times slower
+        self.bf16 = bool(self.config["bf16"]) and native_bf16()
 
     @property
     def pool(self) -> AudioPool:
@@ -173,7 +176,7 @@ class CodecRecipe:
         cfg = self.config
         wav = self.batch(indices)
         pitch = pitch_track(wav, self.codec_config) if self.codec_config.harmonics else None
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             z = model.encoder(wav, pitch)
         z = z.float()
         learned = (
@@ -185,7 +188,7 @@ class CodecRecipe:
         noise = torch.randn_like(z)
         noise[:, learned:] = 0
         z = z + sigma * noise
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             h = model.decoder.trunk(z)
         spec = model.decoder.spectrum(h, z)
         y = model.decoder.synthesize(spec)
