@@ -35,6 +35,7 @@ from pipelines.samplers import (
     cfg_model,
     known_frames_model,
     latent_noise,
+    measured_hold_model,
     noise_to,
     pingpong_times,
     rf_times,
@@ -59,6 +60,9 @@ class Conditions:
     known_mask: torch.Tensor | None = None  # [1, frames]
     init: torch.Tensor | None = None  # [C, frames] latent to start from, noised to t_start
     t_start: float = 1.0
+    # 0..1: how far the clean estimate of the codec's measured channels is held to init's at every step
+    # (samplers.measured_hold_model; style transfer, pipelines/transform.py)
+    hold_measured: float = 0.0
     # The sound goes on past the window's end (a stream, a loop, a window of a long continuation), so the
     # `seconds` condition says so: at least segment_frames, as for the training crops of longer clips.
     # Otherwise it is the window's length, which the model reads as "the sound ends here": clips shorter
@@ -237,6 +241,8 @@ def sample_window(
             cond.control_mask[None].float(),
         )
     model = guided_model(gen, prompts, s.guidance, extra)
+    if cond.init is not None and cond.hold_measured > 0 and gen.measured_channels:
+        model = measured_hold_model(model, cond.init[None].float(), gen.measured_channels, cond.hold_measured)
     if cond.known is not None:
         model = known_frames_model(model, cond.known[None].float(), cond.known_mask[None].float(), noise)
     x = noise if cond.init is None else noise_to(cond.init[None].float(), noise, cond.t_start)

@@ -217,3 +217,24 @@ def known_frames_model(
         return known_mask * known_velocity + (1 - known_mask) * v
 
     return wrapped
+
+
+def measured_hold_model(model: Model, source: torch.Tensor, channels: int, weight: float) -> Model:
+    """Pull the clean estimate x - t v of the last `channels` latent channels toward `source`'s by `weight`
+    (0: the model's own, 1: the source's), at every step; the other channels are the model's.
+
+    For the codec's measured channels (level, log-f0, voicing), which the DiT predicts as x0 and, at low
+    noise, does not read off its input (pipelines/transform.py says what that did to style transfer).
+    """
+    assert channels >= 1 and 0.0 <= weight <= 1.0
+
+    def wrapped(x: torch.Tensor, t: torch.Tensor, **extra_args) -> torch.Tensor:
+        v = model(x, t, **extra_args)
+        level = t.view(-1, *([1] * (x.dim() - 1)))
+        x0 = x - level * v
+        held = torch.cat(
+            [x0[:, :-channels], weight * source[:, -channels:] + (1 - weight) * x0[:, -channels:]], 1
+        )
+        return torch.where(level > 0, (x - held) / level.clamp(min=1e-12), v)
+
+    return wrapped

@@ -26,6 +26,7 @@ from pipelines.errors import BadInput
 from pipelines.samplers import (
     known_frames_model,
     logsnr_of,
+    measured_hold_model,
     noise_to,
     pingpong_times,
     rf_times,
@@ -192,6 +193,23 @@ def test_pingpong_keeps_known_frames_through_the_known_frames_wrapper(t_start):
     )
     assert torch.allclose(out[..., :4], known[..., :4], atol=1e-5)
     assert not torch.allclose(out[..., 4:], known[..., 4:], atol=1e-1)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_the_measured_hold_moves_only_the_last_channels_clean_estimate(weight):
+    g = torch.Generator().manual_seed(5)
+    source, guess = torch.randn(1, 8, 9, generator=g), torch.randn(1, 8, 9, generator=g)
+
+    def model(x, t):  # a model whose clean estimate is always `guess`
+        return (x - guess) / t.view(-1, 1, 1)
+
+    held = measured_hold_model(model, source, 3, weight)
+    x, t = torch.randn(1, 8, 9, generator=g), torch.tensor([0.4])
+    x0 = x - 0.4 * held(x, t)
+    assert torch.allclose(x0[:, :5], guess[:, :5], atol=1e-5)  # the other channels are the model's
+    assert torch.allclose(x0[:, 5:], weight * source[:, 5:] + (1 - weight) * guess[:, 5:], atol=1e-5)
+    out = sample_pingpong(held, x, pingpong_times(4, t_start=0.4), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(out[:, 5:], weight * source[:, 5:] + (1 - weight) * guess[:, 5:], atol=1e-5)
 
 
 def test_pingpong_starts_from_an_init_latent_at_its_level():

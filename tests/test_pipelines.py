@@ -23,7 +23,7 @@ from pipelines.errors import BadInput
 from pipelines.generator import load_generator
 from pipelines.live import morph, neighbour_noise, neighbours, stream
 from pipelines.loops import LOOP_FADE_MS, BeatGrid, beats, close_loop, parse_key, parse_meter
-from pipelines.transform import transform
+from pipelines.transform import hold_weight, transform
 from pipelines.voice import voice
 
 SR = 44100
@@ -120,6 +120,38 @@ def test_transform_strength_0_is_the_source_decode_and_1_ignores_the_source(gen)
         mid.samples, a.samples, atol=1e-4
     )
     assert np.array_equal(mid.samples, transform(gen, src, PROMPT, strength=0.5, seed=1).samples)
+
+
+def test_the_hold_on_the_measured_channels_fades_with_strength():
+    weights = [hold_weight(s) for s in (0.0, 0.1, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)]
+    assert weights[0] == 1.0 and weights[-1] == 0.0 and weights[4] == pytest.approx(0.5)
+    assert all(a > b for a, b in zip(weights, weights[1:]))  # strictly less of the source as strength rises
+    assert hold_weight(0.1) > 0.98  # a light transform keeps the source's level and pitch
+
+
+@pytest.mark.parametrize("strength", [0.1, 0.6])
+def test_transform_holds_the_sources_measured_channels_by_its_strength(gen, monkeypatch, strength):
+    import pipelines.conditioned as conditioned
+
+    seen = []
+    real = conditioned.measured_hold_model
+
+    def recording(model, source, channels, weight):
+        seen.append((source.clone(), channels, weight))
+        return real(model, source, channels, weight)
+
+    monkeypatch.setattr(conditioned, "measured_hold_model", recording)
+    # the tiny codec measures nothing: say its last 3 channels are measured, as the bundled codec's are
+    monkeypatch.setattr(type(gen), "measured_channels", property(lambda self: 3))
+    src = tone(1.3)
+    transform(gen, src, PROMPT, strength=strength, seed=1)
+    frames = -(-src.frames // gen.codec.cfg.latent_hop)
+    ((source, channels, weight),) = seen
+    assert channels == 3 and weight == pytest.approx(hold_weight(strength))
+    torch.testing.assert_close(source[0], gen.codec.encode(src)[:, :frames])
+    seen.clear()
+    transform(gen, src, PROMPT, strength=1.0, seed=1)
+    assert seen == []  # at 1 nothing of the source is held
 
 
 def test_transform_keep_hands_the_sources_controls_to_the_sampler(gen, spy):
