@@ -6,9 +6,10 @@
 
 The source is encoded by the codec, moved along the flow to noise level `strength` and sampled back
 to t = 0 under the prompt: at 0 the source's own latent comes back (its codec decode), at 1 the
-source's latent is ignored. With `keep`, controls measured on the source by pipelines/controls.py
-steer every step, so its rhythm (onsets, beat and bar phase), melody (f0, voicing) or loudness survive
-while the timbre follows the prompt. There is no post-processing beyond the generator's peak safety.
+source's latent is ignored. The codec's measured channels (level, log-f0, voicing), which the DiT does
+not read off its input, are held toward the source's by `hold_weight(strength)`. With `keep`, controls
+measured on the source by pipelines/controls.py steer every step, so its rhythm (onsets, beat and bar
+phase), melody (f0, voicing) or loudness survive while the timbre follows the prompt. There is no post-processing beyond the generator's peak safety.
 """
 
 from __future__ import annotations
