@@ -24,6 +24,7 @@ from torch import nn
 from pipelines.audio import Audio
 from pipelines.errors import BadInput
 from pipelines.harmonic import harmonic_stft, polar, yin_f0
+from pipelines.inference import native_bf16
 
 
 @dataclass
@@ -392,8 +393,6 @@ class Codec:
 
     def __init__(self, model: CodecModel, *, bf16: bool | None = None, bundle_path: Path | None = None):
         """bf16 None: bf16 where this CPU multiplies it natively (pipelines.inference.native_bf16)."""
-        from pipelines.inference import native_bf16
-
         self.model = model.eval()
         self.cfg = model.cfg
         self.bf16 = bf16 = native_bf16("cpu") if bf16 is None else bf16
