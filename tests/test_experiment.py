@@ -92,6 +92,18 @@ def test_steps_to_reach_interpolates_between_evaluations():
     assert steps_to_reach([(100, None), (200, 5.0)], 6.0) == 200.0
 
 
+def test_step_seconds_is_the_loop_time_per_step_without_the_start(tmp_path):
+    from training.experiment import step_seconds
+
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": 10, "elapsed_s": 80.0}, {"step": 20, "elapsed_s": 86.0}, {"step": 40, "elapsed_s": 98.0}]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 50, "elap')  # a torn tail
+    assert step_seconds(metrics) == pytest.approx(0.6)  # not 98 / 40: the 80 s before step 10 is the start
+    metrics.write_text(json.dumps(rows[0]) + "\n")
+    assert step_seconds(metrics) is None
+    assert step_seconds(tmp_path / "none.jsonl") is None
+
+
 def test_settings_that_count_steps_scale_with_the_run():
     sa = step_settings("stage-adaptive", 1200, 300)
     assert sa["steps"] == 1200 and sa["ckpt_every"] == 300 and sa["keep_checkpoints"] == 5
@@ -157,6 +169,12 @@ def test_the_matrix_trains_evaluates_resumes_and_reports(setup, tmp_path, monkey
     summary = json.loads((out / "summary.json").read_text())
     sa, st = summary["final"]["stage-adaptive"]["0"], summary["final"]["static"]["0"]
     assert summary["paired"]["static"]["diffs"] == [pytest.approx(sa["fd_judge"] - st["fd_judge"])]
+    for arm in ("static", "stage-adaptive"):
+        rows = [json.loads(line) for line in (exp.run_dir(arm, 0) / "metrics.jsonl").read_text().splitlines()]
+        rows = [r for r in rows if r.get("step") and "elapsed_s" in r]
+        slope = (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (rows[-1]["step"] - rows[0]["step"])
+        assert summary["step_seconds"][arm]["0"] == pytest.approx(slope) and slope > 0
+    assert "- stage-adaptive: " in text and "% against static" in text
 
     # a second run of the same command trains and evaluates nothing again
     def refuse(*args, **kwargs):

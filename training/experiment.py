@@ -255,6 +255,21 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | Non
     return None
 
 
+def step_seconds(metrics: Path) -> float | None:
+    """Training seconds per step of one run: the slope of its logged elapsed_s (which counts only the
+    training loop's own time, across resumes) from its first logged step to its last, so the one-off
+    start (caption encoding, loading) is left out. None without two logged steps."""
+    from training.jsonl import read_jsonl
+
+    if not metrics.is_file():
+        return None
+    rows = [r for r in read_jsonl(metrics, tolerate_torn_tail=True) if r.get("elapsed_s") is not None]
+    rows = [r for r in rows if r.get("step")]
+    if len(rows) < 2 or rows[-1]["step"] <= rows[0]["step"]:
+        return None
+    return (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (rows[-1]["step"] - rows[0]["step"])
+
+
 def summarise(exp: Experiment) -> dict:
     """Everything the report says, as numbers: per arm and seed the cheap curves and the full figures,
     the steps to reach static's final judge FD, the paired comparisons and whether the target was met."""
@@ -293,6 +308,10 @@ def summarise(exp: Experiment) -> dict:
                 "wins": sum(d < 0 for d in diffs),
                 "seeds": len(diffs),
             }
+    speed = {
+        arm: {s: step_seconds(exp.run_dir(arm, s) / "metrics.jsonl") for s in range(exp.seeds)}
+        for arm in exp.arms
+    }
     sa_reach = reach.get("stage-adaptive", {})
     fast = [
         s
@@ -306,6 +325,7 @@ def summarise(exp: Experiment) -> dict:
         "final": final,
         "reach": reach,
         "paired": paired,
+        "step_seconds": speed,
         "target": {
             "seeds_fast_enough": fast,
             "beats_both_controls_every_seed": beats_controls,
@@ -355,6 +375,24 @@ def write_report(exp: Experiment) -> Path:
             f"- against {other}: {diffs}; mean {p['mean']:+.4g} ± {p['std']:.3g}; "
             f"stage-adaptive lower on {p['wins']} of {p['seeds']} seeds"
         )
+    lines += [
+        "",
+        "## Training speed (seconds per step, from each run's logged elapsed time)",
+        "",
+        "The issue keeps the recipe's own cost (probes, SSL features, the head, the structure term) under "
+        "15% of step time. Runs go one after another on the same machine, so background load moves these "
+        "figures too.",
+        "",
+    ]
+    static_speed = [v for v in summary["step_seconds"].get("static", {}).values() if v is not None]
+    for arm in exp.arms:
+        values = [v for v in summary["step_seconds"].get(arm, {}).values() if v is not None]
+        if not values:
+            continue
+        cost = ""
+        if arm != "static" and static_speed:
+            cost = f"; {100 * (np.mean(values) / np.mean(static_speed) - 1):+.1f}% against static"
+        lines.append(f"- {arm}: {_mean_std(values)} s{cost}")
     lines += [
         "",
         "## Curves",
