@@ -263,8 +263,7 @@ def step_seconds(metrics: Path) -> float | None:
 
     if not metrics.is_file():
         return None
-    rows = [r for r in read_jsonl(metrics, tolerate_torn_tail=True) if r.get("elapsed_s") is not None]
-    rows = [r for r in rows if r.get("step")]
+    rows = [r for r in read_jsonl(metrics, tolerate_torn_tail=True) if r.get("step") and "elapsed_s" in r]
     if len(rows) < 2 or rows[-1]["step"] <= rows[0]["step"]:
         return None
     return (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (rows[-1]["step"] - rows[0]["step"])
